@@ -1,0 +1,194 @@
+"""`effort bench serve`: our server vs vLLM's own OpenAI server, same model, same engine settings.
+
+Both servers run at once (separate processes and ports). For each scenario (concurrency 1 and
+16, streaming and not) the same requests go to vLLM, then to ours, `--repeats` times
+alternating; the table shows medians over repeats and the ratio ours / vLLM:
+output tokens/s, p50 / p99 end-to-end latency, p50 time to first token.
+Requests are greedy chat completions at full effort (no budget), so both servers generate the
+same tokens and the difference is serving overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import EngineSettings, default_model, has_gpu
+
+
+@dataclass
+class BenchConfig:
+    model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
+    requests: int = field(default=64, metadata={"help": "requests per scenario"})
+    repeats: int = field(default=3, metadata={"help": "alternating repeats per scenario (medians reported)"})
+    max_tokens: int = field(default=256, metadata={"help": "max tokens per request"})
+    concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
+    port: int = field(default=8301, metadata={"help": "first of the two ports used"})
+    upstream: str = field(default="", metadata={"help": "(gateway mode, later issue) measure against this upstream"})
+    out: str = field(default="", metadata={"help": "also write the table as Markdown to this file"})
+
+    def __post_init__(self):
+        if self.requests < 1 or self.repeats < 1 or self.max_tokens < 1:
+            raise ValueError("--requests, --repeats and --max-tokens must be >= 1")
+        try:
+            self.levels = [int(c) for c in self.concurrency.split(",") if c.strip()]
+        except ValueError:
+            raise ValueError("--concurrency must be a comma list of integers") from None
+        if not self.levels or min(self.levels) < 1:
+            raise ValueError("--concurrency needs integers >= 1")
+
+
+def _vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str]) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
+           "--host", "127.0.0.1", "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
+           "--enable-lora", "--max-loras", str(s.max_loras), "--max-lora-rank", str(s.max_lora_rank),
+           "--seed", str(s.seed), "--served-model-name", "bench",
+           "--reasoning-config", json.dumps({"reasoning_start_str": think[0], "reasoning_end_str": think[1]}),
+           "--reasoning-parser", "deepseek_r1", "--disable-uvicorn-access-log"]
+    if not has_gpu():
+        cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
+    return cmd
+
+
+def _ours_cmd(model: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port),
+            "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
+    import httpx
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return time.time() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server {url} not ready after {timeout} s")
+
+
+async def _one(client, url: str, question: str, stream: bool, max_tokens: int) -> dict:
+    body = {"model": "bench", "messages": [{"role": "user", "content": question}], "temperature": 0,
+            "max_tokens": max_tokens, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    if not stream:
+        r = await client.post(url + "/v1/chat/completions", json=body)
+        r.raise_for_status()
+        tokens = r.json()["usage"]["completion_tokens"]
+    else:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                for c in chunk.get("choices", []):
+                    d = c.get("delta", {})
+                    if ttft is None and (d.get("content") or d.get("reasoning") or d.get("reasoning_content")):
+                        ttft = time.perf_counter() - t0
+    e2e = time.perf_counter() - t0
+    return {"e2e": e2e, "ttft": ttft if ttft is not None else e2e, "tokens": tokens}
+
+
+async def _scenario(url: str, questions: list[str], concurrency: int, stream: bool, max_tokens: int) -> dict:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def run(q):
+            async with sem:
+                return await _one(client, url, q, stream, max_tokens)
+        t0 = time.perf_counter()
+        rows = await asyncio.gather(*(run(q) for q in questions))
+        wall = time.perf_counter() - t0
+    lat = sorted(r["e2e"] for r in rows)
+    return {"throughput": sum(r["tokens"] for r in rows) / wall, "p50": statistics.median(lat),
+            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "ttft50": statistics.median(r["ttft"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
+
+
+def run_bench(cfg: BenchConfig) -> str:
+    from training.tasks import DigitsTask  # prompts only; no training code runs
+
+    from .engine import prepare_env
+    from .manifest import ModelManifest
+
+    if cfg.upstream:
+        raise ValueError("--upstream (gateway mode) is not implemented yet")
+    prepare_env()
+    model = cfg.model or default_model()
+    try:
+        m = ModelManifest.read(model)
+        think = (m.think_start, m.think_end)
+    except Exception:
+        think = ("<think>", "</think>")
+    questions = [p.question for p in DigitsTask().problems("dev", cfg.requests, seed=1)]
+    procs, env = {}, dict(os.environ)
+    logs = Path(os.environ.get("TMPDIR", "/tmp"))
+    urls = {"vllm": f"http://127.0.0.1:{cfg.port}", "ours": f"http://127.0.0.1:{cfg.port + 1}"}
+    cmds = {"vllm": _vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
+            "ours": _ours_cmd(model, cfg.port + 1)}
+    ready = {}
+    try:
+        for name in ("vllm", "ours"):  # one at a time: start-up time is part of the table
+            log = open(logs / f"effort-bench-{name}.log", "w")
+            procs[name] = subprocess.Popen(cmds[name], stdout=log, stderr=subprocess.STDOUT, env=env)
+            ready[name] = _wait_ready(urls[name], procs[name])
+        for name in urls:  # warm-up
+            asyncio.run(_scenario(urls[name], questions[:8], 4, False, cfg.max_tokens))
+        results: dict[tuple, dict[str, list[dict]]] = {}
+        for conc in cfg.levels:
+            for stream in (False, True):
+                key = (conc, stream)
+                results[key] = {"vllm": [], "ours": []}
+                for _ in range(cfg.repeats):
+                    for name in ("vllm", "ours"):
+                        results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream, cfg.max_tokens)))
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    table = _table(results, ready)
+    print(table)
+    if cfg.out:
+        Path(cfg.out).write_text(table)
+    return table
+
+
+def _table(results, ready) -> str:
+    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    lines = ["| concurrency | stream | server | output tok/s | p50 e2e (s) | p99 e2e (s) | p50 TTFT (s) |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for (conc, stream), by in results.items():
+        vals = {n: {k: med(by[n], k) for k in ("throughput", "p50", "p99", "ttft50")} for n in by}
+        for n in ("vllm", "ours"):
+            v = vals[n]
+            lines.append(f"| {conc} | {'yes' if stream else 'no'} | {n} | {v['throughput']:.0f} | {v['p50']:.3f} | "
+                         f"{v['p99']:.3f} | {v['ttft50']:.3f} |")
+        r = {k: vals["ours"][k] / vals["vllm"][k] for k in vals["ours"]}
+        lines.append(f"| {conc} | {'yes' if stream else 'no'} | **ours / vLLM** | **{r['throughput']:.2f}** | "
+                     f"**{r['p50']:.2f}** | {r['p99']:.2f} | {r['ttft50']:.2f} |")
+    lines.append("")
+    lines.append(f"Start-up to ready: vLLM {ready['vllm']:.1f} s, ours {ready['ours']:.1f} s.")
+    return "\n".join(lines) + "\n"

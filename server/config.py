@@ -1,0 +1,71 @@
+"""Server settings: a dataclass with help texts; `effort serve` exposes every field as a flag,
+and `--config FILE` (JSON) sets any of them. Precedence: flag > config file > default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+@dataclass
+class ServerSettings:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=8000, metadata={"help": "port to bind"})
+    served_model_name: str = field(default="", metadata={"help": "name of the base model in the API (default: the model folder's name)"})
+    adapters: str = field(default="", metadata={"help": "comma list of adapter folders or folders of adapters (default: the repo's adapters/)"})
+    default_effort: str = field(default="high", metadata={"help": "effort when a request names none: a level or a number"})
+    effort_low: float = field(default=0.25, metadata={"help": "number for effort 'low'"})
+    effort_medium: float = field(default=0.5, metadata={"help": "number for effort 'medium'"})
+    effort_high: float = field(default=1.0, metadata={"help": "number for effort 'high'"})
+    effort_minimal: float = field(default=0.1, metadata={"help": "number for reasoning_effort 'minimal'"})
+    budget_slack: float = field(default=1.2, metadata={"help": "budget = ceil(effort x predicted length x slack)"})
+    min_budget: int = field(default=8, metadata={"help": "smallest dynamic thinking budget (effort > 0)"})
+    max_budget: int = field(default=0, metadata={"help": "hard cap on any thinking budget (0: none)"})
+    answer_reserve: int = field(default=16, metadata={"help": "tokens of max_tokens kept for the answer"})
+    full_effort_tokens: int = field(default=0, metadata={"help": "predicted full-effort reasoning length (0: from the model manifest)"})
+    effort_adapters: str = field(default="", metadata={"help": "JSON list of [max_effort, adapter] rules, e.g. '[[0.5, \"dler\"]]': efforts <= max_effort use that adapter"})
+    log_level: str = field(default="info", metadata={"help": "log level"})
+    config: str = field(default="", metadata={"help": "JSON file of any of these settings"})
+
+    def __post_init__(self):
+        for name in ("effort_low", "effort_medium", "effort_high", "effort_minimal"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.budget_slack <= 0 or self.min_budget < 0 or self.max_budget < 0 or self.answer_reserve < 0:
+            raise ValueError("budget_slack must be > 0; min_budget, max_budget and answer_reserve >= 0")
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be in 1..65535")
+        self.effort_rules()  # validate
+
+    def levels(self) -> dict[str, float]:
+        return {"low": self.effort_low, "medium": self.effort_medium, "high": self.effort_high}
+
+    def openai_levels(self) -> dict[str, float]:
+        return {"none": 0.0, "minimal": self.effort_minimal, **self.levels(), "xhigh": 1.0}
+
+    def effort_rules(self) -> list[tuple[float, str]]:
+        if not self.effort_adapters:
+            return []
+        try:
+            rules = json.loads(self.effort_adapters)
+            return sorted((float(e), str(a)) for e, a in rules)
+        except (ValueError, TypeError):
+            raise ValueError("effort_adapters must be a JSON list of [max_effort, adapter] pairs") from None
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e.msg}") from None
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = set(data) - known - {"engine"}
+    if unknown:
+        raise ValueError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return data

@@ -1,0 +1,83 @@
+"""Manifests: the only contract between training and serving (design §3).
+
+A model folder and every adapter folder carry a ``manifest.json``. Training writes it, the
+server reads it; neither imports the other. The think markers live here and nowhere else:
+the server gives them to vLLM's reasoning config as strings, never as token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A missing, unreadable or invalid manifest."""
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    think_start: str = Field("<think>", description="marker that opens the thinking")
+    think_end: str = Field("</think>", description="marker that closes the thinking")
+
+    def write(self, folder: str | Path) -> Path:
+        """Write atomically: a temp file in the same folder, then rename."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(self.model_dump_json(indent=2))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / MANIFEST)
+        return folder / MANIFEST
+
+    @classmethod
+    def read(cls, folder: str | Path):
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise ManifestError(f"no {MANIFEST} in {folder}")
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (json.JSONDecodeError, ValueError) as e:
+            raise ManifestError(f"invalid {path}: {e}") from None
+
+
+class ModelManifest(_Manifest):
+    """A base model's own facts (the embedded model ships one)."""
+
+    task: str | None = Field(None, description="task the model was trained on")
+    default_full_effort_tokens: int = Field(
+        512, description="typical full-effort reasoning length; the policy's L̂ until a router is fitted")
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+
+
+class Control(BaseModel):
+    """How effort is written into the prompt (e1). ``template`` gets ``{effort}`` and ``{prompt}``."""
+
+    kind: Literal["prompt-prefix", "none"] = "none"
+    template: str = "{prompt}"
+    effort_format: str = "{:.2f}"
+
+    def apply(self, prompt: str, effort: float) -> str:
+        if self.kind == "none":
+            return prompt
+        return self.template.format(prompt=prompt, effort=self.effort_format.format(effort))
+
+
+class AdapterManifest(_Manifest):
+    kind: Literal["dler", "dler-da", "e1", "merged", "sft", "other"]
+    base_model: str = Field(description="base model path or id")
+    base_model_hash: str | None = Field(None, description="hash or revision of the base model")
+    control: Control = Field(default_factory=Control)
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,336 @@
+"""The orchestrator: request → `EffortDecision` → vLLM generation → response (+ metrics).
+
+Routes only parse and delegate here. One `Service` owns the in-process `AsyncLLM`, the
+adapter registry, the policy and the metrics. Every generation goes through `_generate`,
+whose `finally` aborts the engine request if it did not finish — so a client that disconnects
+(streaming or not) frees its engine slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from .config import ServerSettings
+from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, prepare_env
+from .errors import BadRequest, ContextTooLong, EngineUnavailable
+from .manifest import ModelManifest
+from .metrics import Metrics, stat_logger_factory
+from .policy import EffortDecision, Policy
+from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
+                       Completion, CompletionChoice, CompletionChunk, CompletionRequest, CompletionTokensDetails,
+                       Delta, EffortReport, ModelCard, ModelList, ResponseMessage, Usage)
+from .reasoning import Markers, StreamSplitter, split_ids
+from .registry import Adapter, scan
+
+log = logging.getLogger("effort.service")
+
+
+@dataclass
+class _Choice:
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Prepared:
+    prompt_ids: list[int]
+    decision: EffortDecision
+    adapter: Adapter | None
+    params: object  # vllm SamplingParams
+    in_think: bool
+    model_name: str
+    t0: float
+
+
+class Service:
+    def __init__(self, settings: ServerSettings, engine: EngineSettings):
+        self.settings, self.engine_settings = settings, engine
+        self.model_path = engine.model or default_model()
+        try:
+            self.manifest = ModelManifest.read(self.model_path)
+        except Exception:  # a user's model without our manifest: generic defaults
+            self.manifest = ModelManifest(name=Path(self.model_path).name)
+        self.base_name = settings.served_model_name or self.manifest.name or Path(self.model_path).name
+        paths = [p for p in settings.adapters.split(",") if p.strip()] or [default_adapter_dir()]
+        self.adapters = scan(paths)
+        full = settings.full_effort_tokens or self.manifest.default_full_effort_tokens
+        self.policy = Policy(settings, self.adapters, self.base_name, full)
+        self.metrics = Metrics()
+        self.llm = None
+        self.tokenizer = None
+        self.ready = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        prepare_env()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kw = engine_kwargs(self.engine_settings, self.manifest.think_start, self.manifest.think_end)
+        kw["max_lora_rank"] = max([kw["max_lora_rank"], *(self._rank(a) for a in self.adapters.values())])
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw), stat_loggers=[stat_logger_factory(self.metrics)])
+        self.tokenizer = self.llm.tokenizer
+        self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
+        self.max_model_len = self.engine_settings.max_model_len
+        self.ready = True
+        log.info("ready: model %s, adapters %s", self.base_name, ", ".join(self.adapters) or "none")
+
+    @staticmethod
+    def _rank(a: Adapter) -> int:
+        import json
+
+        try:
+            return int(json.loads((a.path / "adapter_config.json").read_text()).get("r", 8))
+        except Exception:
+            return 8
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+        self.ready = False
+
+    def models(self) -> ModelList:
+        cards = [ModelCard(id=self.base_name, root=self.model_path, kind="base")]
+        cards += [ModelCard(id=a.name, root=str(a.path), parent=self.base_name, kind=a.manifest.kind)
+                  for a in self.adapters.values()]
+        return ModelList(data=cards)
+
+    # -- preparation: the one place a request becomes generation settings -------------------
+    def _prepare(self, req, prompt_ids_fn, in_think: bool) -> _Prepared:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        t0 = time.perf_counter()
+        if not self.ready:
+            raise EngineUnavailable("the engine is not ready")
+        decision = self.policy.decide(model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
+                                      thinking_token_budget=req.thinking_token_budget, max_tokens=req.output_limit())
+        adapter = self.adapters.get(decision.adapter) if decision.adapter else None
+        prompt_ids = prompt_ids_fn(adapter, decision)
+        room = self.max_model_len - len(prompt_ids)
+        limit = req.output_limit()
+        if room <= 0 or (limit is not None and limit > room):
+            want = f"{len(prompt_ids)} in the prompt" + (f" + {limit} for the completion" if limit else "")
+            raise ContextTooLong(f"this model's maximum context length is {self.max_model_len} tokens; "
+                                 f"the request needs {want}", "messages" if hasattr(req, "messages") else "prompt")
+        max_tokens = limit or room
+        if limit is None and decision.thinking_budget is None:
+            pass  # no output limit requested: the context bounds it; the answer reserve is not needed
+        elif limit is None:
+            pass
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        # precedence: request → OpenAI default (temperature 1, top_p 1)
+        params = SamplingParams(
+            n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=stop or None,
+            seed=req.seed, skip_special_tokens=False, output_kind=RequestOutputKind.DELTA,
+            thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
+        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0)
+
+    def _chat_prompt(self, req: ChatCompletionRequest):
+        def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
+            msgs = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
+            if adapter is not None and adapter.manifest.control.kind != "none":
+                last = max(i for i, m in enumerate(msgs) if m["role"] == "user") if any(
+                    m["role"] == "user" for m in msgs) else len(msgs) - 1
+                msgs[last]["content"] = adapter.manifest.control.apply(msgs[last]["content"], decision.effort)
+            try:
+                text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            except Exception as e:
+                raise BadRequest(f"messages cannot be rendered with the model's chat template: {e}", "messages") from None
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return build
+
+    def _completion_prompt(self, req: CompletionRequest):
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if len(prompts) != 1:
+            raise BadRequest("one prompt per request is supported; send a list of one string or a string", "prompt")
+        text = prompts[0]
+        s, e = self.manifest.think_start, self.manifest.think_end
+        in_think = text.rfind(s) > text.rfind(e)
+
+        def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
+            body = adapter.manifest.control.apply(text, decision.effort) if adapter is not None else text
+            return self.tokenizer.encode(body, add_special_tokens=False)
+        return build, in_think
+
+    # -- generation -------------------------------------------------------------------------
+    async def _generate(self, p: _Prepared) -> AsyncIterator:
+        from vllm.lora.request import LoRARequest
+
+        rid = uuid.uuid4().hex
+        lora = LoRARequest(p.adapter.name, p.adapter.lora_id, str(p.adapter.path)) if p.adapter else None
+        finished = False
+        self.metrics.in_flight.inc()
+        try:
+            async for out in self.llm.generate({"prompt_token_ids": p.prompt_ids}, p.params, rid, lora_request=lora):
+                finished = out.finished
+                yield out
+        except (ValueError, TypeError) as e:  # vLLM's own validation of a request
+            raise BadRequest(str(e)) from None
+        finally:
+            self.metrics.in_flight.dec()
+            if not finished:
+                await self.llm.abort(rid)
+
+    async def _collect(self, p: _Prepared) -> tuple[dict[int, _Choice], float | None]:
+        choices = {i: _Choice() for i in range(p.params.n)}
+        ttft = None
+        async for out in self._generate(p):
+            for o in out.outputs:
+                c = choices[o.index]
+                if ttft is None and o.token_ids:
+                    ttft = time.perf_counter() - p.t0
+                c.ids.extend(o.token_ids)
+                c.text += o.text
+                c.finish_reason = o.finish_reason or c.finish_reason
+        return choices, ttft
+
+    async def _collect_or_abort(self, p: _Prepared, http_request):
+        """Collect a non-streamed result; if the client goes away first, cancel (which aborts)."""
+        task = asyncio.ensure_future(self._collect(p))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.2)
+            if done:
+                return task.result()
+            if http_request is not None and await http_request.is_disconnected():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                self.metrics.errors.labels("disconnect", "499").inc()
+                raise asyncio.CancelledError("client disconnected")
+
+    def _account(self, endpoint: str, p: _Prepared, choices: dict[int, _Choice], ttft: float | None):
+        splits = [split_ids(c.ids, self.markers, p.in_think) for c in choices.values()]
+        budget = p.decision.thinking_budget
+        hits = [budget is not None and s.reasoning_tokens >= budget and (s.closed or s.started) for s in splits]
+        completion = sum(len(c.ids) for c in choices.values())
+        usage = Usage(prompt_tokens=len(p.prompt_ids), completion_tokens=completion,
+                      total_tokens=len(p.prompt_ids) + completion,
+                      completion_tokens_details=CompletionTokensDetails(
+                          reasoning_tokens=sum(s.reasoning_tokens for s in splits)))
+        d = p.decision
+        report = EffortReport(requested=d.requested, applied=d.effort, adapter=d.adapter, thinking_budget=budget,
+                              budget_hit=any(hits), route=d.route, predicted=d.predicted, reason=d.reason)
+        self.metrics.observe(endpoint, d, d.adapter or "base", [c.finish_reason for c in choices.values()],
+                             len(p.prompt_ids), [s.reasoning_tokens for s in splits],
+                             [s.answer_tokens for s in splits], hits, time.perf_counter() - p.t0, ttft, completion)
+        return usage, report
+
+    def _split_text(self, text: str, in_think: bool) -> tuple[str, str]:
+        sp = StreamSplitter(self.manifest.think_start, self.manifest.think_end, in_think)
+        r1, a1 = sp.feed(text)
+        r2, a2 = sp.flush()
+        return r1 + r2, a1 + a2
+
+    # -- endpoints --------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, http_request=None):
+        p = self._prepare(req, self._chat_prompt(req), in_think=False)
+        if req.stream:
+            return self._chat_stream(req, p)
+        choices, ttft = await self._collect_or_abort(p, http_request)
+        usage, report = self._account("chat", p, choices, ttft)
+        out = []
+        for i, c in choices.items():
+            reasoning, answer = self._split_text(c.text, p.in_think)
+            thought = split_ids(c.ids, self.markers, p.in_think).started
+            out.append(ChatChoice(index=i, finish_reason=c.finish_reason, message=ResponseMessage(
+                content=answer, reasoning=reasoning if thought else None,
+                reasoning_content=reasoning if thought else None)))
+        return ChatCompletion(model=p.model_name, choices=out, usage=usage, effort=report)
+
+    async def _chat_stream(self, req: ChatCompletionRequest, p: _Prepared) -> AsyncIterator[str]:
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        choices = {i: _Choice() for i in range(p.params.n)}
+        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        ttft = None
+
+        def chunk(i: int, delta: Delta, finish: str | None = None) -> str:
+            c = ChatCompletionChunk(id=rid, created=created, model=p.model_name,
+                                    choices=[ChunkChoice(index=i, delta=delta, finish_reason=finish)])
+            return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
+
+        for i in choices:
+            yield chunk(i, Delta(role="assistant", content=""))
+        async for out in self._generate(p):
+            for o in out.outputs:
+                c = choices[o.index]
+                if ttft is None and o.token_ids:
+                    ttft = time.perf_counter() - p.t0
+                c.ids.extend(o.token_ids)
+                r, a = splitters[o.index].feed(o.text)
+                if o.finish_reason:
+                    r2, a2 = splitters[o.index].flush()
+                    r, a = r + r2, a + a2
+                if r or a:
+                    yield chunk(o.index, Delta(content=a or None, reasoning=r or None, reasoning_content=r or None))
+                if o.finish_reason:
+                    c.finish_reason = o.finish_reason
+                    yield chunk(o.index, Delta(), o.finish_reason)
+        usage, report = self._account("chat", p, choices, ttft)
+        final = ChatCompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
+                                    usage=usage if include_usage else None, effort=report)
+        yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def completions(self, req: CompletionRequest, http_request=None):
+        build, in_think = self._completion_prompt(req)
+        p = self._prepare(req, build, in_think=in_think)
+        prefix = req.prompt if (req.echo and isinstance(req.prompt, str)) else (req.prompt[0] if req.echo else "")
+        if req.stream:
+            return self._completion_stream(req, p, prefix)
+        choices, ttft = await self._collect_or_abort(p, http_request)
+        usage, report = self._account("completions", p, choices, ttft)
+        out = []
+        for i, c in choices.items():
+            reasoning, answer = self._split_text(c.text, p.in_think)
+            thought = in_think or split_ids(c.ids, self.markers, p.in_think).started
+            out.append(CompletionChoice(index=i, text=prefix + answer, finish_reason=c.finish_reason,
+                                        reasoning=reasoning if thought else None,
+                                        reasoning_content=reasoning if thought else None))
+        return Completion(model=p.model_name, choices=out, usage=usage, effort=report)
+
+    async def _completion_stream(self, req: CompletionRequest, p: _Prepared, prefix: str) -> AsyncIterator[str]:
+        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        choices = {i: _Choice() for i in range(p.params.n)}
+        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        ttft = None
+
+        def chunk(i: int, text: str, reasoning: str | None, finish: str | None = None) -> str:
+            c = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[CompletionChoice(
+                index=i, text=text, finish_reason=finish, reasoning=reasoning, reasoning_content=reasoning)])
+            return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
+
+        if prefix:
+            for i in choices:
+                yield chunk(i, prefix, None)
+        async for out in self._generate(p):
+            for o in out.outputs:
+                c = choices[o.index]
+                if ttft is None and o.token_ids:
+                    ttft = time.perf_counter() - p.t0
+                c.ids.extend(o.token_ids)
+                r, a = splitters[o.index].feed(o.text)
+                if o.finish_reason:
+                    r2, a2 = splitters[o.index].flush()
+                    r, a = r + r2, a + a2
+                    c.finish_reason = o.finish_reason
+                if r or a or o.finish_reason:
+                    yield chunk(o.index, a, r or None, o.finish_reason)
+        usage, report = self._account("completions", p, choices, ttft)
+        final = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
+                                usage=usage if include_usage else None, effort=report)
+        yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
+        yield "data: [DONE]\n\n"

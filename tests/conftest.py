@@ -1,0 +1,110 @@
+"""Shared fixtures: one offline vLLM engine per test session, on the embedded model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "models" / "effort-tiny"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    assert (MODEL / "model.safetensors").is_file(), "the embedded model is missing: run `make model`"
+    return MODEL
+
+
+@pytest.fixture(scope="session")
+def evaluator(model_dir):
+    """The evaluator's offline vLLM engine (same settings as serving), started once."""
+    from training.evaluate import Evaluator
+
+    return Evaluator(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def task():
+    from training.tasks import DigitsTask
+
+    return DigitsTask()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_noisy_adapter(model_dir: Path, folder: Path, name: str = "noisy", seed: int = 0) -> Path:
+    """A real peft LoRA on the embedded model with random B (so it changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from server.manifest import AdapterManifest
+
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    pm.save_pretrained(folder)
+    AdapterManifest(name=name, kind="other", base_model=str(model_dir)).write(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, tmp_path_factory):
+    """A real `effort serve` process on the embedded model (one per session)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    adapters = tmp_path_factory.mktemp("adapters")
+    make_noisy_adapter(model_dir, adapters / "noisy")
+    (adapters / "broken").mkdir()  # a corrupt folder: skipped with a log line, not fatal
+    (adapters / "broken" / "manifest.json").write_text("{not json")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+                             "--adapters", str(adapters), "--log-level", "warning"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    while time.time() - t0 < 180:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {open(log.name).read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not become ready in 180 s")
+    print(f"\nserver ready in {time.time() - t0:.1f} s")
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -1,0 +1,57 @@
+"""vLLM enforces thinking budgets at exactly the requested count; LoRA adapters run in vLLM."""
+
+import pytest
+
+from server.manifest import AdapterManifest
+
+
+@pytest.fixture(scope="module")
+def hard(task):
+    return [p for p in task.problems("test", 200, seed=5) if p.difficulty >= 12][:8]
+
+
+@pytest.mark.parametrize("budget", [0, 1, 3, 8, 21])
+def test_budget_cuts_reasoning_exactly(evaluator, task, hard, budget):
+    rows = evaluator.generate(hard, task, None, [budget] * len(hard))
+    for r in rows:
+        assert r["reasoning_tokens"] == budget, r
+        assert r["closed"] and r["budget_hit"]
+        assert "\\boxed{" in r["answer_text"]  # the model answers after the forced end
+
+
+def test_no_budget_thinks_to_the_end(evaluator, task, hard):
+    rows = evaluator.generate(hard, task, None, [None] * len(hard))
+    assert all(r["closed"] and r["reasoning_tokens"] > 21 and not r["budget_hit"] for r in rows)
+    assert sum(r["correct"] for r in rows) >= len(rows) - 1
+
+
+def test_budget_cut_hurts_hard_prompts(evaluator, task, hard):
+    full = evaluator.generate(hard, task, None, [None] * len(hard))
+    cut = evaluator.generate(hard, task, None, [max(1, r["reasoning_tokens"] // 4) for r in full])
+    assert sum(r["correct"] for r in cut) < sum(r["correct"] for r in full) - 2
+
+
+def test_lora_adapter_runs_in_vllm(evaluator, task, model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from server.registry import scan
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    folder = tmp_path / "adapters" / "noisy"
+    pm.save_pretrained(folder)
+    AdapterManifest(name="noisy", kind="other", base_model=str(model_dir)).write(folder)
+    adapter = scan([tmp_path / "adapters"])["noisy"]
+    probs = task.problems("test", 6, seed=6)
+    base = evaluator.generate(probs, task, None, [None] * len(probs))
+    lora = evaluator.generate(probs, task, adapter, [None] * len(probs))
+    assert [r["reasoning"] for r in base] != [r["reasoning"] for r in lora]
+    again = evaluator.generate(probs, task, adapter, [None] * len(probs))
+    assert [r["reasoning"] for r in lora] == [r["reasoning"] for r in again]

@@ -1,0 +1,97 @@
+"""`effort eval` end to end, and clear one-line errors for bad input to every command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.evaluate import EvalConfig, Setting, run_eval
+
+REPO = Path(__file__).resolve().parent.parent
+EFFORT = [sys.executable, "-m", "server.cli"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("full", Setting("full")), ("none", Setting("none")),
+    ("budget:16", Setting("budget", 16.0)), ("frac:0.25", Setting("frac", 0.25)),
+])
+def test_setting_parse(text, expected):
+    assert Setting.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["budget:-1", "budget:2.5", "frac:1.5", "turbo", "budget:", "frac:x"])
+def test_setting_parse_rejects(text):
+    with pytest.raises(ValueError):
+        Setting.parse(text)
+
+
+def test_run_eval_writes_three_outputs(evaluator, tmp_path):
+    cfg = EvalConfig(n=24, settings="full,budget:6,frac:0.5,none", out=str(tmp_path / "ev"))
+    payload = run_eval(cfg, evaluator=evaluator)
+    out = tmp_path / "ev"
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["results"]) == 4 * 24
+    rows = {s: [r for r in data["results"] if r["setting"] == s] for s in ("full", "budget:6", "frac:0.5", "none")}
+    assert all(r["reasoning_tokens"] <= 6 for r in rows["budget:6"])
+    assert all(r["reasoning_tokens"] == 0 for r in rows["none"])
+    full_len = {r["id"]: r["reasoning_tokens"] for r in rows["full"]}
+    assert all(r["budget"] == -(-full_len[r["id"]] // 2) for r in rows["frac:0.5"])
+    s = payload["summary"]
+    assert s["base|full"]["all"]["accuracy"] > s["base|budget:6"]["all"]["accuracy"]
+    assert s["base|full"]["all"]["mean_reasoning"] > s["base|frac:0.5"]["all"]["mean_reasoning"]
+    md = (out / "results.md").read_text()
+    assert "| base | frac:0.5 | hard |" in md and "tokens / correct" in md
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_eval_cli_end_to_end(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run(EFFORT + ["eval", "--n", "10", "--settings", "full,budget:4", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {"results.json", "results.md", "plot.png"} <= {p.name for p in out.iterdir()}
+    assert len(json.loads((out / "results.json").read_text())["results"]) == 20
+
+
+@pytest.fixture
+def bad_jsonl(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"question": "1+1", "answer": "2"}\nnot json\n')
+    return p
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "--task", "gsm9k"], "unknown task"),
+    (["eval", "--task", "/nonexistent/file.jsonl"], "not found"),
+    (["eval", "--task", "{bad}"], ":2: not valid JSON"),
+    (["eval", "--settings", "budget:-5"], "integer >= 0"),
+    (["eval", "--settings", "turbo"], "unknown setting"),
+    (["eval", "--adapters", "ghost"], "unknown adapter"),
+    (["eval", "--n", "0"], ">= 1"),
+    (["data", "--task", "gsm9k", "--out", "x.jsonl"], "unknown task"),
+    (["train", "base", "--heads", "8"], "head size"),
+    (["train", "base", "--out", "."], "exists"),
+    (["report", "base", "--samples", "1"], "--samples"),
+], ids=["unknown-task", "missing-file", "bad-jsonl-line", "negative-budget", "bad-setting", "unknown-adapter",
+        "zero-n", "data-unknown-task", "head-size", "out-exists", "report-samples"])
+def test_cli_bad_input_is_one_clear_line(args, message, bad_jsonl, tmp_path):
+    args = [str(bad_jsonl) if a == "{bad}" else a for a in args]
+    r = subprocess.run(EFFORT + args, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("effort: error:"), r.stderr
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_data_export(tmp_path):
+    out = tmp_path / "d.jsonl"
+    r = subprocess.run(EFFORT + ["data", "--n", "30", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 30 and {"question", "answer", "difficulty", "id"} <= set(rows[0])

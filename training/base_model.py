@@ -1,0 +1,244 @@
+"""`effort train base`: build the embedded tiny reasoning model from scratch.
+
+1. A Qwen2-style byte-level BPE tokenizer (Qwen2's pre-tokenizer regex, 256 byte tokens plus
+   merges learnt on the task's text) with ``<think>`` / ``</think>`` as single added tokens and a
+   ChatML chat template. Built this way, ``AutoTokenizer`` (which rebuilds a ``Qwen2Tokenizer``
+   from vocab + merges for ``model_type: qwen2``) and vLLM produce the same ids as training.
+2. A ~1M-parameter ``Qwen2ForCausalLM`` (head size 32: vLLM's CPU attention rejects 16).
+3. Plain supervised next-token training on the digits task's styled chains of thought, loss on
+   the assistant turn only, for a fixed wall-clock budget (the cosine schedule is sized from the
+   measured speed of the first steps so it ends on time).
+
+The model is written atomically (temp folder, then rename) with a ``manifest.json`` naming its
+think markers and its measured default full-effort reasoning length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+THINK_START, THINK_END = "<think>", "</think>"
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Qwen2's pre-tokenizer: digits split one by one, letters grouped with one leading space.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass
+class BaseModelConfig:
+    out: str = field(default="models/effort-tiny", metadata={"help": "output folder"})
+    minutes: float = field(default=17.0, metadata={"help": "wall-clock training budget"})
+    max_steps: int = field(default=3000, metadata={"help": "upper bound on optimiser steps"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step (32 learns the copy step sooner than 64 in the same time)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine to 10%, 3% warm-up)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    threads: int = field(default=2, metadata={"help": "torch threads (measured: 2 beats 1 on an idle 2-core box)"})
+    hidden: int = field(default=128, metadata={"help": "hidden size"})
+    layers: int = field(default=4, metadata={"help": "transformer layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads (head size = hidden / heads >= 32)"})
+    kv_heads: int = field(default=2, metadata={"help": "key/value heads"})
+    vocab_size: int = field(default=384, metadata={"help": "tokenizer vocabulary size (BPE target)"})
+    max_len: int = field(default=1024, metadata={"help": "max positions (prompt + completion)"})
+    force: bool = field(default=False, metadata={"help": "overwrite an existing output folder"})
+
+    def __post_init__(self):
+        if self.hidden % self.heads or self.hidden // self.heads < 32:
+            raise ValueError("hidden / heads must be an integer >= 32 (vLLM CPU attention needs head size >= 32)")
+        if self.heads % self.kv_heads:
+            raise ValueError("heads must be a multiple of kv_heads")
+        if self.minutes <= 0 or self.max_steps <= 0 or self.batch_size <= 0:
+            raise ValueError("minutes, max_steps and batch_size must be positive")
+
+
+def render_prompt(question: str) -> str:
+    """The chat-templated prompt for one user question (same text the tokenizer's template makes)."""
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def render_completion(thinking: str, answer: str) -> str:
+    return f"{THINK_START}{thinking}{THINK_END}{answer}<|im_end|>"
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int):
+    """Train the byte-level BPE and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL) - 2, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[], show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL])
+    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in (THINK_START, THINK_END)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token=None, unk_token=None, clean_up_tokenization_spaces=False,
+                                   model_max_length=1024)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _corpus(task, rng: random.Random, n: int) -> list[str]:
+    from .tasks.digits import STYLE_MIX
+
+    out = []
+    styles = list(STYLE_MIX)
+    for i in range(n):
+        q, t, a = task.sft_example(rng, style=styles[i % len(styles)] if i % len(styles) != styles.index("cut") else None)
+        out.append(render_prompt(q).replace("<|im_start|>", "").replace("<|im_end|>", "") + t + a)
+    # chat words users and the e1 control will use
+    out += ["system user assistant effort check ok answer Answer: \\boxed{} Think for effort 0.5 of full."] * 50
+    return out
+
+
+def _batches(tok, task, rng, batch_size: int, pad_id: int, pool: int = 4):
+    """Endless (input_ids, labels, attention_mask) batches. `pool` batches' worth of examples
+    are drawn at once and sorted by length, so each batch pads little (2x fewer wasted tokens)
+    while the examples stay an unbiased sample."""
+    while True:
+        rows = []
+        for _ in range(batch_size * pool):
+            q, t, a = task.sft_example(rng)
+            p = tok(render_prompt(q), add_special_tokens=False)["input_ids"]
+            c = tok(render_completion(t, a), add_special_tokens=False)["input_ids"]
+            rows.append((p + c, [-100] * len(p) + c))
+        rows.sort(key=lambda r: len(r[0]))
+        chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            yield _pad([r[0] for r in chunk], [r[1] for r in chunk], pad_id)
+
+
+def _pad(ids, labels, pad_id):
+    import torch
+
+    batch_size = len(ids)
+    width = max(map(len, ids))
+    x = torch.full((batch_size, width), pad_id)
+    y = torch.full((batch_size, width), -100)
+    mask = torch.zeros((batch_size, width), dtype=torch.long)
+    for i, (a, b) in enumerate(zip(ids, labels)):
+        x[i, : len(a)] = torch.tensor(a)
+        y[i, : len(b)] = torch.tensor(b)
+        mask[i, : len(a)] = 1
+    return x, y, mask
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_base(cfg: BaseModelConfig, log=_log) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from .tasks import DigitsTask
+    from .tasks.digits import STYLE_MIX
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    task = DigitsTask()
+    t0 = time.time()
+    tok = build_tokenizer(_corpus(task, random.Random(cfg.seed + 1), 4000), cfg.vocab_size)
+    vocab = int(math.ceil(len(tok) / 64) * 64)
+    config = Qwen2Config(
+        vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_len, rope_theta=10000.0, tie_word_embeddings=True,
+        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id, torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"tokenizer: {len(tok)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    budget_s = cfg.minutes * 60 - (time.time() - t0) - 30  # keep 30 s for saving
+    total = cfg.max_steps
+    batches = _batches(tok, task, rng, cfg.batch_size, tok.pad_token_id)
+    step, tokens, t_train = 0, 0, time.time()
+    model.train()
+    progress = 0.0
+    while progress < 1.0:
+        if step == 20:  # size the schedule from measured speed so it ends inside the budget
+            per_step = (time.time() - t_train) / 20
+            total = max(40, min(cfg.max_steps, int(budget_s / per_step)))
+            log(f"{per_step:.2f} s/step -> about {total} steps in the {cfg.minutes:g}-minute budget")
+        # progress runs on steps or on the clock, whichever is ahead, so a machine that slows
+        # down mid-run still ends on time with a fully decayed learning rate
+        progress = max(step / total, (time.time() - t_train) / budget_s)
+        warm = 0.03
+        lr = cfg.lr * max(progress, 1 / total) / warm if progress < warm else \
+            cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y, mask = next(batches)
+        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += int(mask.sum())
+        step += 1
+        if step % 50 == 0:
+            el = time.time() - t_train
+            log(f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} {tokens / el:,.0f} tok/s {el / 60:.1f} min")
+    model.eval()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+           "bos_token_id": config.bos_token_id, "max_new_tokens": 512}
+    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    _patch_tokenizer_config(tmp)
+    from server.manifest import ModelManifest
+
+    ModelManifest(
+        name=out.name, think_start=THINK_START, think_end=THINK_END, task="digits",
+        default_full_effort_tokens=80,
+        training={"recipe": "sft-from-scratch", "steps": step, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                  "seed": cfg.seed, "wall_time_s": round(time.time() - t0, 1), "parameters": n_params,
+                  "style_mix": STYLE_MIX},
+    ).write(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log(f"saved {out} ({step} steps, {(time.time() - t0) / 60:.1f} min)")
+    return out
+
+
+def _patch_tokenizer_config(folder: Path) -> None:
+    """Name the tokenizer class Qwen2Tokenizer so every loader builds the same tokenizer."""
+    p = folder / "tokenizer_config.json"
+    cfg = json.loads(p.read_text())
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg["chat_template"] = CHAT_TEMPLATE
+    cfg.setdefault("model_max_length", 1024)
+    p.write_text(json.dumps(cfg, indent=2))

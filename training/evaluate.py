@@ -1,0 +1,281 @@
+"""`effort eval`: accuracy vs reasoning tokens for adapters × effort settings, through vLLM.
+
+Runs an eval set through vLLM's offline engine, built by `server.engine` with the serving
+settings, and writes to `--out`:
+- ``results.json``: every per-prompt result (tokens, correctness, budget, finish reason);
+- ``results.md``: accuracy, mean / p90 reasoning tokens, answer tokens, tokens per correct
+  answer and budget-hit rate, overall and by difficulty bucket;
+- ``plot.png``: accuracy against mean reasoning tokens, one line per adapter.
+
+Settings (``--settings``, comma-separated), each applied to every adapter:
+- ``full``: unrestricted thinking;
+- ``none``: no thinking (budget 0: the end marker is forced at once);
+- ``budget:K``: vLLM ``thinking_token_budget`` = K;
+- ``frac:F``: budget = ceil(F × this prompt's own full-effort reasoning length, measured with the
+  same adapter in this run) — budget forcing at a fraction of natural length.
+Budgets are always enforced by vLLM's ``thinking_token_budget``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from server.engine import EngineSettings
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: str  # full | none | budget | frac
+    value: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        text = text.strip()
+        if text in ("full", "none"):
+            return cls(text)
+        kind, _, val = text.partition(":")
+        if kind not in ("budget", "frac") or not val:
+            raise ValueError(f"unknown setting {text!r}: use full, none, budget:K or frac:F")
+        try:
+            v = float(val)
+        except ValueError:
+            raise ValueError(f"setting {text!r}: {val!r} is not a number") from None
+        if kind == "budget" and (v < 0 or v != int(v)):
+            raise ValueError(f"setting {text!r}: a thinking budget must be an integer >= 0")
+        if kind == "frac" and not 0 <= v <= 1:
+            raise ValueError(f"setting {text!r}: a fraction must be in [0, 1]")
+        return cls(kind, v)
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
+    adapters: str = field(default="base", metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"})
+    adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
+    settings: str = field(default="full", metadata={"help": "comma list of full, none, budget:K, frac:F"})
+    task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
+    split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
+    n: int = field(default=500, metadata={"help": "number of prompts"})
+    seed: int = field(default=0, metadata={"help": "eval-set and sampling seed"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    samples: int = field(default=1, metadata={"help": "samples per prompt"})
+    max_tokens: int = field(default=512, metadata={"help": "max generated tokens per sample"})
+    out: str = field(default="eval-out", metadata={"help": "output folder for results.json, results.md, plot.png"})
+    max_model_len: int = field(default=1024, metadata={"help": "engine max model length"})
+
+    def __post_init__(self):
+        if self.n < 1 or self.samples < 1 or self.max_tokens < 1:
+            raise ValueError("--n, --samples and --max-tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("--temperature must be >= 0")
+        self.parsed_settings = [Setting.parse(s) for s in self.settings.split(",") if s.strip()]
+        if not self.parsed_settings:
+            raise ValueError("--settings is empty")
+
+
+def lookup_adapter(spec: str, adapter_dir: str):
+    """'base' → None; a registered adapter name or an adapter folder → registry.Adapter.
+    Needs no engine, so a bad name fails before vLLM starts."""
+    from server.manifest import ManifestError
+    from server.registry import Adapter, load_adapter, scan
+
+    from server.engine import default_adapter_dir
+
+    if spec == "base":
+        return None
+    adapter_dir = adapter_dir or default_adapter_dir()
+    registry = scan([adapter_dir]) if Path(adapter_dir).is_dir() else {}
+    if spec in registry:
+        return registry[spec]
+    path = Path(spec)
+    if not path.exists():
+        known = ", ".join(["base", *registry]) or "base"
+        raise ManifestError(f"unknown adapter {spec!r}: not a folder and not registered in {adapter_dir} ({known})")
+    m = load_adapter(path)
+    return Adapter(m.name, path.resolve(), m, lora_id=1000 + len(registry))
+
+
+class Evaluator:
+    """Holds one offline vLLM engine; `run` evaluates problems under (adapter, setting) pairs."""
+
+    def __init__(self, model: str = "", max_model_len: int = 1024):
+        from server.engine import default_model, engine_kwargs, prepare_env
+        from server.manifest import ModelManifest
+        from server.reasoning import Markers
+        prepare_env()
+        from vllm import LLM
+
+        settings = EngineSettings(model=model, max_model_len=max_model_len)
+        self.model_path = model or default_model()
+        try:
+            mm = ModelManifest.read(self.model_path)
+            self.think = (mm.think_start, mm.think_end)
+        except Exception:
+            self.think = ("<think>", "</think>")
+        self.llm = LLM(**engine_kwargs(settings, *self.think))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.markers = Markers.from_tokenizer(self.tokenizer, *self.think)
+
+    def prompt_ids(self, question: str, manifest=None, effort: float = 1.0) -> list[int]:
+        content = manifest.control.apply(question, effort) if manifest is not None else question
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, problems, task, adapter, budgets, temperature=0.0, samples=1, max_tokens=512, seed=0,
+                 effort: float = 1.0):
+        """One result dict per (problem, sample). `budgets`: per-problem int or None."""
+        from vllm import SamplingParams
+
+        from server.reasoning import split_ids
+
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
+        manifest = adapter.manifest if adapter else None
+        prompts, params = [], []
+        for p, b in zip(problems, budgets):
+            prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, effort)})
+            params.append(SamplingParams(
+                temperature=temperature, n=samples, max_tokens=max_tokens, seed=seed,
+                thinking_token_budget=-1 if b is None else int(b), skip_special_tokens=False))
+        outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=True)
+        results = []
+        for p, b, out in zip(problems, budgets, outs):
+            for o in out.outputs:
+                sp = split_ids(o.token_ids, self.markers)
+                answer_text = self.tokenizer.decode(list(sp.answer_ids), skip_special_tokens=True)
+                results.append(dict(
+                    id=p.id, question=p.question, answer=p.answer, difficulty=p.difficulty,
+                    bucket=task.bucket(p), budget=b, reasoning_tokens=sp.reasoning_tokens,
+                    answer_tokens=sp.answer_tokens, completion_tokens=len(o.token_ids),
+                    thought=sp.started, closed=sp.closed,
+                    budget_hit=b is not None and sp.reasoning_tokens >= b,
+                    correct=sp.closed and task.grade(answer_text, p),
+                    finish_reason=o.finish_reason,
+                    reasoning=self.tokenizer.decode(list(sp.reasoning_ids), skip_special_tokens=True),
+                    answer_text=answer_text))
+        return results
+
+
+def summarize(rows: list[dict]) -> dict:
+    import numpy as np
+
+    if not rows:
+        return {}
+    r = np.array([x["reasoning_tokens"] for x in rows], dtype=float)
+    a = np.array([x["answer_tokens"] for x in rows], dtype=float)
+    c = np.array([x["correct"] for x in rows], dtype=float)
+    budgeted = [x for x in rows if x["budget"] is not None]
+    return dict(
+        n=len(rows), accuracy=float(c.mean()), mean_reasoning=float(r.mean()),
+        p90_reasoning=float(np.percentile(r, 90)), mean_answer=float(a.mean()),
+        tokens_per_correct=float((r.sum() + a.sum()) / c.sum()) if c.sum() else float("inf"),
+        budget_hit_rate=float(np.mean([x["budget_hit"] for x in budgeted])) if budgeted else 0.0,
+    )
+
+
+BUCKETS = ("all", "easy", "mid", "hard")
+
+
+def table(groups: dict[tuple[str, str], list[dict]]) -> str:
+    lines = ["| adapter | setting | difficulty | n | accuracy | mean reasoning | p90 reasoning | mean answer | tokens / correct | budget hit |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (adapter, setting), rows in groups.items():
+        for b in BUCKETS:
+            sub = rows if b == "all" else [x for x in rows if x["bucket"] == b]
+            if not sub:
+                continue
+            s = summarize(sub)
+            lines.append(f"| {adapter} | {setting} | {b} | {s['n']} | {100 * s['accuracy']:.1f}% | "
+                         f"{s['mean_reasoning']:.1f} | {s['p90_reasoning']:.0f} | {s['mean_answer']:.1f} | "
+                         f"{s['tokens_per_correct']:.1f} | {100 * s['budget_hit_rate']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(groups: dict[tuple[str, str], list[dict]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    by_adapter: dict[str, list[tuple[float, float, str]]] = {}
+    for (adapter, setting), rows in groups.items():
+        s = summarize(rows)
+        by_adapter.setdefault(adapter, []).append((s["mean_reasoning"], 100 * s["accuracy"], setting))
+    for adapter, pts in by_adapter.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
+        for x, y, lab in pts:
+            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("mean reasoning tokens")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "accuracy vs reasoning tokens")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
+    """Evaluate and write results.json / results.md / plot.png into cfg.out."""
+    from training.tasks import load_task
+
+    task = load_task(cfg.task)
+    problems = task.problems(cfg.split, cfg.n, cfg.seed)
+    adapters = [a.strip() for a in cfg.adapters.split(",") if a.strip()]
+    if not adapters:
+        raise ValueError("--adapters is empty")
+    resolved = {a: lookup_adapter(a, cfg.adapter_dir) for a in adapters}  # fail before the engine starts
+    ev = evaluator or Evaluator(cfg.model, cfg.max_model_len)
+    t0 = time.time()
+    groups: dict[tuple[str, str], list[dict]] = {}
+    kw = dict(temperature=cfg.temperature, samples=cfg.samples, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    for name, adapter in resolved.items():
+        full_len: dict[str, float] | None = None
+        for s in sorted(cfg.parsed_settings, key=lambda s: s.kind != "full"):
+            if s.kind == "full":
+                budgets = [None] * len(problems)
+            elif s.kind == "none":
+                budgets = [0] * len(problems)
+            elif s.kind == "budget":
+                budgets = [int(s.value)] * len(problems)
+            else:
+                if full_len is None:
+                    base_rows = groups.get((name, "full")) or ev.generate(problems, task, adapter, [None] * len(problems), **kw)
+                    full_len = {}
+                    for row in base_rows:
+                        full_len.setdefault(row["id"], []).append(row["reasoning_tokens"])
+                    full_len = {k: sum(v) / len(v) for k, v in full_len.items()}
+                budgets = [max(0, math.ceil(s.value * full_len[p.id])) for p in problems]
+            rows = ev.generate(problems, task, adapter, budgets, **kw)
+            for row in rows:
+                row.update(adapter=name, setting=s.label)
+            groups[(name, s.label)] = rows
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {f"{a}|{s}": {b: summarize(rows if b == "all" else [x for x in rows if x["bucket"] == b])
+                            for b in BUCKETS} for (a, s), rows in groups.items()}
+    payload = dict(config={k: v for k, v in asdict(cfg).items()}, wall_time_s=round(time.time() - t0, 1),
+                   summary=summary, results=[r for rows in groups.values() for r in rows])
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out / "results.json")
+    (out / "results.md").write_text(table(groups))
+    plot(groups, out / "plot.png", title=f"{task.name}: accuracy vs reasoning tokens")
+    print(table(groups))
+    print(f"wrote {out}/results.json, results.md, plot.png")
+    return payload

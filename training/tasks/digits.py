@@ -1,0 +1,162 @@
+"""The embedded synthetic task: running digit sum mod 10 over indexed digits.
+
+Question (2–16 digits, each tagged by its position letter)::
+
+    a3 b7 c2 d9
+
+Chain of thought: copy each digit by its letter and write the running sum mod 10::
+
+    a3 b7>0 c2>2 d9>1
+
+Answer: ``\\boxed{1}``. Each step is a 10×10 lookup the tiny model learns reliably; without the
+chain the answer is a parity-like function it cannot compute in one pass, so accuracy depends
+on thinking. Difficulty = number of digits.
+
+Reasoning styles taught to the base model (see `STYLE_MIX`; the style is fixed by the first
+step, so the greedy model always takes the majority style):
+- ``verbose`` (majority): the chain, then a redundant re-check pass (`` check a3 b7>0 ok …``)
+  that never changes the answer — the base model's overthinking;
+- ``plain``: the chain alone (a shorter correct path RL can find);
+- ``compact``: two digits per step (`` b7c2>2``), shorter still, less reliable;
+- ``none``: no thinking, a guess;
+- ``cut``: a chain cut at a random point, answered with the last sum written — what the model
+  does when the engine forces ``</think>`` early.
+
+Splits are a deterministic partition of all questions by hash: 10% ``test``, 10% ``dev``, the
+rest ``train``, so evaluation prompts never appear in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+from .base import Problem, extract_boxed
+
+LETTERS = "abcdefghijklmnop"
+MIN_DIGITS, MAX_DIGITS = 2, len(LETTERS)
+SPLITS = ("train", "dev", "test")
+STYLE_MIX = {"verbose": 0.62, "plain": 0.22, "compact": 0.07, "none": 0.04, "cut": 0.05}
+RECHECK_WORD = " check"
+
+
+def _split_of(question: str) -> str:
+    h = int.from_bytes(hashlib.sha256(question.encode()).digest()[:4], "big") % 10
+    return "test" if h == 0 else "dev" if h == 1 else "train"
+
+
+def question_for(digits: list[int]) -> str:
+    return " ".join(f"{LETTERS[i]}{d}" for i, d in enumerate(digits))
+
+
+def parse_question(question: str) -> list[int]:
+    items = question.split()
+    if not items or any(len(t) != 2 or t[0] != LETTERS[i] or not t[1].isdigit() for i, t in enumerate(items)):
+        raise ValueError(f"not a digits question: {question!r}")
+    return [int(t[1]) for t in items]
+
+
+def answer_for(digits: list[int]) -> str:
+    return str(sum(digits) % 10)
+
+
+def _steps(digits: list[int]) -> list[tuple[int, int]]:
+    """(index, running sum mod 10) after each digit from the second on."""
+    s, out = digits[0], []
+    for i in range(1, len(digits)):
+        s = (s + digits[i]) % 10
+        out.append((i, s))
+    return out
+
+
+def chain(digits: list[int], style: str) -> str:
+    """The thinking text (between the markers) for `digits` in `style` (``cut`` excluded)."""
+    head = f"{LETTERS[0]}{digits[0]}"
+    if style == "none":
+        return ""
+    if style == "compact":
+        parts, s, i = [head], digits[0], 1
+        while i < len(digits):
+            j = min(i + 2, len(digits))
+            s = (s + sum(digits[i:j])) % 10
+            parts.append("".join(f"{LETTERS[k]}{digits[k]}" for k in range(i, j)) + f">{s}")
+            i = j
+        return " ".join(parts)
+    plain = " ".join([head] + [f"{LETTERS[i]}{digits[i]}>{s}" for i, s in _steps(digits)])
+    if style == "plain":
+        return plain
+    if style == "verbose":
+        check = " ".join([head] + [f"{LETTERS[i]}{digits[i]}>{s} ok" for i, s in _steps(digits)])
+        return f"{plain}{RECHECK_WORD} {check}"
+    raise ValueError(f"unknown style {style!r}")
+
+
+def last_sum(thinking: str) -> str | None:
+    """The last running sum written in a (possibly cut) chain, or the first digit."""
+    sums = re.findall(r">(\d)", thinking)
+    if sums:
+        return sums[-1]
+    first = re.match(r"\s*a(\d)", thinking)
+    return first.group(1) if first else None
+
+
+class DigitsTask:
+    """Running digit sum mod 10; difficulty = number of digits (2–16)."""
+
+    name = "digits"
+
+    def __init__(self, min_digits: int = MIN_DIGITS, max_digits: int = MAX_DIGITS):
+        if not MIN_DIGITS <= min_digits <= max_digits <= MAX_DIGITS:
+            raise ValueError(f"digits must satisfy {MIN_DIGITS} <= min <= max <= {MAX_DIGITS}")
+        self.min_digits, self.max_digits = min_digits, max_digits
+
+    def sample_digits(self, rng: random.Random, split: str) -> list[int]:
+        while True:
+            n = rng.randint(self.min_digits, self.max_digits)
+            digits = [rng.randrange(10) for _ in range(n)]
+            if _split_of(question_for(digits)) == split:
+                return digits
+
+    def problems(self, split: str = "test", n: int | None = 500, seed: int = 0) -> list[Problem]:
+        """`n` distinct problems of `split`, difficulty spread evenly (short lengths have few
+        distinct questions, so they may be under-represented)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        n = 500 if n is None else n
+        rng = random.Random(f"digits/{split}/{seed}")
+        seen: dict[str, Problem] = {}
+        tries = 0
+        while len(seen) < n and tries < 50 * n:
+            tries += 1
+            digits = self.sample_digits(rng, split)
+            q = question_for(digits)
+            if q not in seen:
+                seen[q] = self.make(digits, pid=f"{split}-{seed}-{len(seen)}")
+        return list(seen.values())
+
+    def make(self, digits: list[int], pid: str = "") -> Problem:
+        q = question_for(digits)
+        return Problem(id=pid or q, question=q, answer=answer_for(digits), difficulty=float(len(digits)))
+
+    def grade(self, completion: str, problem: Problem) -> bool:
+        got = extract_boxed(completion)
+        return got is not None and re.fullmatch(r"\d", got) is not None and got == problem.answer
+
+    def bucket(self, problem: Problem) -> str:
+        n = problem.difficulty
+        return "easy" if n <= 6 else "mid" if n <= 11 else "hard"
+
+    # --- supervised data for the base model -------------------------------------------------
+    def sft_example(self, rng: random.Random, style: str | None = None) -> tuple[str, str, str]:
+        """(question, thinking, answer text) for one training example of a random style."""
+        digits = self.sample_digits(rng, "train")
+        style = style or rng.choices(list(STYLE_MIX), weights=list(STYLE_MIX.values()))[0]
+        if style == "cut":
+            full = chain(digits, rng.choice(["verbose", "plain"]))
+            thinking = full[: rng.randint(2, max(2, len(full) - 1))]
+            ans = last_sum(thinking) or str(rng.randrange(10))
+        else:
+            thinking = chain(digits, style)
+            ans = answer_for(digits) if style != "none" else str(rng.randrange(10))
+        return question_for(digits), thinking, f"\\boxed{{{ans}}}"
