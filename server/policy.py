@@ -124,7 +124,7 @@ class Policy:
             cap = max(0, max_tokens - self.s.answer_reserve - 2)
             if budget is None or budget > cap:
                 budget = cap
-                why.append(f"max_tokens {max_tokens} - answer reserve {self.s.answer_reserve} -> {cap}")
+                why.append(f"output limit {max_tokens} - answer reserve {self.s.answer_reserve} - 2 markers -> {cap}")
         control = None
         if adapter is not None and adapter.manifest.control.kind != "none":
             control = adapter.manifest.control.kind

@@ -120,10 +120,3 @@ def _partial_suffix(text: str, marker: str) -> int:
             return k
     return 0
 
-
-def split_text(text: str, think_start: str, think_end: str, in_think: bool = False) -> tuple[str, str]:
-    """Whole-text form of `StreamSplitter` (used for non-streaming responses)."""
-    sp = StreamSplitter(think_start, think_end, in_think)
-    r1, a1 = sp.feed(text)
-    r2, a2 = sp.flush()
-    return r1 + r2, a1 + a2

@@ -34,7 +34,8 @@ log = logging.getLogger("effort.service")
 @dataclass
 class _Choice:
     ids: list[int] = field(default_factory=list)
-    text: str = ""
+    reasoning: str = ""
+    answer: str = ""
     finish_reason: str | None = None
 
 
@@ -111,21 +112,21 @@ class Service:
         t0 = time.perf_counter()
         if not self.ready:
             raise EngineUnavailable("the engine is not ready")
-        decision = self.policy.decide(model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
-                                      thinking_token_budget=req.thinking_token_budget, max_tokens=req.output_limit())
+        decide = lambda max_tokens: self.policy.decide(  # noqa: E731 - same request, one more cap
+            model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
+            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens)
+        limit = req.output_limit()
+        decision = decide(limit)
         adapter = self.adapters.get(decision.adapter) if decision.adapter else None
         prompt_ids = prompt_ids_fn(adapter, decision)
         room = self.max_model_len - len(prompt_ids)
-        limit = req.output_limit()
         if room <= 0 or (limit is not None and limit > room):
             want = f"{len(prompt_ids)} in the prompt" + (f" + {limit} for the completion" if limit else "")
             raise ContextTooLong(f"this model's maximum context length is {self.max_model_len} tokens; "
                                  f"the request needs {want}", "messages" if hasattr(req, "messages") else "prompt")
+        if limit is None:  # no output limit: the rest of the context is the limit, reserve included
+            decision = decide(room)
         max_tokens = limit or room
-        if limit is None and decision.thinking_budget is None:
-            pass  # no output limit requested: the context bounds it; the answer reserve is not needed
-        elif limit is None:
-            pass
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         # precedence: request → OpenAI default (temperature 1, top_p 1)
         params = SamplingParams(
@@ -183,16 +184,11 @@ class Service:
 
     async def _collect(self, p: _Prepared) -> tuple[dict[int, _Choice], float | None]:
         choices = {i: _Choice() for i in range(p.params.n)}
-        ttft = None
-        async for out in self._generate(p):
-            for o in out.outputs:
-                c = choices[o.index]
-                if ttft is None and o.token_ids:
-                    ttft = time.perf_counter() - p.t0
-                c.ids.extend(o.token_ids)
-                c.text += o.text
-                c.finish_reason = o.finish_reason or c.finish_reason
-        return choices, ttft
+        timing: dict = {}
+        async for i, r, a, _ in self._pieces(p, choices, timing):
+            choices[i].reasoning += r
+            choices[i].answer += a
+        return choices, timing.get("ttft")
 
     async def _collect_or_abort(self, p: _Prepared, http_request):
         """Collect a non-streamed result; if the client goes away first, cancel (which aborts)."""
@@ -227,11 +223,6 @@ class Service:
                              [s.answer_tokens for s in splits], hits, time.perf_counter() - p.t0, ttft, completion)
         return usage, report
 
-    def _split_text(self, text: str, in_think: bool) -> tuple[str, str]:
-        sp = StreamSplitter(self.manifest.think_start, self.manifest.think_end, in_think)
-        r1, a1 = sp.feed(text)
-        r2, a2 = sp.flush()
-        return r1 + r2, a1 + a2
 
     # -- endpoints --------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http_request=None):
@@ -242,19 +233,34 @@ class Service:
         usage, report = self._account("chat", p, choices, ttft)
         out = []
         for i, c in choices.items():
-            reasoning, answer = self._split_text(c.text, p.in_think)
             thought = split_ids(c.ids, self.markers, p.in_think).started
             out.append(ChatChoice(index=i, finish_reason=c.finish_reason, message=ResponseMessage(
-                content=answer, reasoning=reasoning if thought else None,
-                reasoning_content=reasoning if thought else None)))
+                content=c.answer, reasoning=c.reasoning if thought else None,
+                reasoning_content=c.reasoning if thought else None)))
         return ChatCompletion(model=p.model_name, choices=out, usage=usage, effort=report)
+
+    async def _pieces(self, p: _Prepared, choices: dict[int, _Choice], timing: dict):
+        """Stream (index, reasoning piece, answer piece, finish reason) as the engine produces them;
+        fills `choices` with the token ids and `timing["ttft"]` on the way."""
+        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        async for out in self._generate(p):
+            for o in out.outputs:
+                c = choices[o.index]
+                if timing.get("ttft") is None and o.token_ids:
+                    timing["ttft"] = time.perf_counter() - p.t0
+                c.ids.extend(o.token_ids)
+                r, a = splitters[o.index].feed(o.text)
+                if o.finish_reason:
+                    r2, a2 = splitters[o.index].flush()
+                    r, a = r + r2, a + a2
+                    c.finish_reason = o.finish_reason
+                yield o.index, r, a, o.finish_reason
 
     async def _chat_stream(self, req: ChatCompletionRequest, p: _Prepared) -> AsyncIterator[str]:
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         choices = {i: _Choice() for i in range(p.params.n)}
-        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
-        ttft = None
+        timing: dict = {}
 
         def chunk(i: int, delta: Delta, finish: str | None = None) -> str:
             c = ChatCompletionChunk(id=rid, created=created, model=p.model_name,
@@ -263,22 +269,12 @@ class Service:
 
         for i in choices:
             yield chunk(i, Delta(role="assistant", content=""))
-        async for out in self._generate(p):
-            for o in out.outputs:
-                c = choices[o.index]
-                if ttft is None and o.token_ids:
-                    ttft = time.perf_counter() - p.t0
-                c.ids.extend(o.token_ids)
-                r, a = splitters[o.index].feed(o.text)
-                if o.finish_reason:
-                    r2, a2 = splitters[o.index].flush()
-                    r, a = r + r2, a + a2
-                if r or a:
-                    yield chunk(o.index, Delta(content=a or None, reasoning=r or None, reasoning_content=r or None))
-                if o.finish_reason:
-                    c.finish_reason = o.finish_reason
-                    yield chunk(o.index, Delta(), o.finish_reason)
-        usage, report = self._account("chat", p, choices, ttft)
+        async for i, r, a, finish in self._pieces(p, choices, timing):
+            if r or a:
+                yield chunk(i, Delta(content=a or None, reasoning=r or None, reasoning_content=r or None))
+            if finish:
+                yield chunk(i, Delta(), finish)
+        usage, report = self._account("chat", p, choices, timing.get("ttft"))
         final = ChatCompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
                                     usage=usage if include_usage else None, effort=report)
         yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
@@ -294,19 +290,17 @@ class Service:
         usage, report = self._account("completions", p, choices, ttft)
         out = []
         for i, c in choices.items():
-            reasoning, answer = self._split_text(c.text, p.in_think)
             thought = in_think or split_ids(c.ids, self.markers, p.in_think).started
-            out.append(CompletionChoice(index=i, text=prefix + answer, finish_reason=c.finish_reason,
-                                        reasoning=reasoning if thought else None,
-                                        reasoning_content=reasoning if thought else None))
+            out.append(CompletionChoice(index=i, text=prefix + c.answer, finish_reason=c.finish_reason,
+                                        reasoning=c.reasoning if thought else None,
+                                        reasoning_content=c.reasoning if thought else None))
         return Completion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _completion_stream(self, req: CompletionRequest, p: _Prepared, prefix: str) -> AsyncIterator[str]:
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         choices = {i: _Choice() for i in range(p.params.n)}
-        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
-        ttft = None
+        timing: dict = {}
 
         def chunk(i: int, text: str, reasoning: str | None, finish: str | None = None) -> str:
             c = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[CompletionChoice(
@@ -316,20 +310,10 @@ class Service:
         if prefix:
             for i in choices:
                 yield chunk(i, prefix, None)
-        async for out in self._generate(p):
-            for o in out.outputs:
-                c = choices[o.index]
-                if ttft is None and o.token_ids:
-                    ttft = time.perf_counter() - p.t0
-                c.ids.extend(o.token_ids)
-                r, a = splitters[o.index].feed(o.text)
-                if o.finish_reason:
-                    r2, a2 = splitters[o.index].flush()
-                    r, a = r + r2, a + a2
-                    c.finish_reason = o.finish_reason
-                if r or a or o.finish_reason:
-                    yield chunk(o.index, a, r or None, o.finish_reason)
-        usage, report = self._account("completions", p, choices, ttft)
+        async for i, r, a, finish in self._pieces(p, choices, timing):
+            if r or a or finish:
+                yield chunk(i, a, r or None, finish)
+        usage, report = self._account("completions", p, choices, timing.get("ttft"))
         final = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
                                 usage=usage if include_usage else None, effort=report)
         yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"

@@ -111,9 +111,10 @@ class DigitsTask:
             raise ValueError(f"digits must satisfy {MIN_DIGITS} <= min <= max <= {MAX_DIGITS}")
         self.min_digits, self.max_digits = min_digits, max_digits
 
-    def sample_digits(self, rng: random.Random, split: str) -> list[int]:
+    def sample_digits(self, rng: random.Random, split: str, max_digits: int | None = None) -> list[int]:
+        hi = min(self.max_digits, max_digits or self.max_digits)
         while True:
-            n = rng.randint(self.min_digits, self.max_digits)
+            n = rng.randint(self.min_digits, max(self.min_digits, hi))
             digits = [rng.randrange(10) for _ in range(n)]
             if _split_of(question_for(digits)) == split:
                 return digits
@@ -148,9 +149,10 @@ class DigitsTask:
         return "easy" if n <= 6 else "mid" if n <= 11 else "hard"
 
     # --- supervised data for the base model -------------------------------------------------
-    def sft_example(self, rng: random.Random, style: str | None = None) -> tuple[str, str, str]:
+    def sft_example(self, rng: random.Random, style: str | None = None,
+                    max_digits: int | None = None) -> tuple[str, str, str]:
         """(question, thinking, answer text) for one training example of a random style."""
-        digits = self.sample_digits(rng, "train")
+        digits = self.sample_digits(rng, "train", max_digits)
         style = style or rng.choices(list(STYLE_MIX), weights=list(STYLE_MIX.values()))[0]
         if style == "cut":
             full = chain(digits, rng.choice(["verbose", "plain"]))

@@ -1,0 +1,57 @@
+"""Reasoning split and count: by token ids (counts) and by streamed text (pieces)."""
+
+import random
+
+import pytest
+
+from server.reasoning import Markers, StreamSplitter, split_ids
+
+M = Markers(start=(1,), end=(2,), eos=frozenset({9}))
+M2 = Markers(start=(1, 3), end=(2, 4), eos=frozenset({9}))  # multi-token markers
+
+
+@pytest.mark.parametrize("ids,markers,in_think,expected", [
+    ([1, 5, 6, 2, 7, 9], M, False, ((5, 6), (7,), True, True)),
+    ([1, 2, 7, 9], M, False, ((), (7,), True, True)),            # forced end at once: 0 reasoning
+    ([1, 5, 6, 7], M, False, ((5, 6, 7), (), True, False)),      # never closed: all reasoning
+    ([7, 8, 9], M, False, ((), (7, 8), False, False)),           # never thought
+    ([5, 2, 7], M, True, ((5,), (7,), True, True)),              # prompt opened the thinking
+    ([1, 3, 5, 2, 4, 7, 9], M2, False, ((5,), (7,), True, True)),
+    ([1, 3, 5, 2, 7, 9], M2, False, ((5, 2, 7), (), True, False)),  # half an end marker is not an end
+], ids=["normal", "budget-0", "unclosed", "no-think", "in-think", "multi-token", "partial-marker"])
+def test_split_ids(ids, markers, in_think, expected):
+    s = split_ids(ids, markers, in_think)
+    assert (s.reasoning_ids, s.answer_ids, s.started, s.closed) == expected
+    assert s.reasoning_tokens == len(expected[0])
+
+
+TEXT = "<think>a3 b7>0 check</think>\\boxed{1}"
+
+
+def _stream(parts, in_think=False):
+    sp = StreamSplitter("<think>", "</think>", in_think)
+    r = a = ""
+    for p in parts:
+        x, y = sp.feed(p)
+        r, a = r + x, a + y
+    x, y = sp.flush()
+    return r + x, a + y
+
+
+def test_stream_splitter_any_chunking():
+    rng = random.Random(0)
+    for _ in range(500):
+        cuts = sorted(rng.sample(range(1, len(TEXT)), rng.randint(1, 12)))
+        parts = [TEXT[i:j] for i, j in zip([0] + cuts, cuts + [len(TEXT)])]
+        assert _stream(parts) == ("a3 b7>0 check", "\\boxed{1}"), parts
+
+
+@pytest.mark.parametrize("parts,in_think,expected", [
+    (["<thi", "nk>x</th", "ink>y"], False, ("x", "y")),
+    (["x</think>y"], True, ("x", "y")),
+    (["<think>abc"], False, ("abc", "")),       # unclosed: held-back text flushed as reasoning
+    (["no thinking <"], False, ("", "no thinking <")),
+    (["<think></think>"], False, ("", "")),
+])
+def test_stream_splitter_cases(parts, in_think, expected):
+    assert _stream(parts, in_think) == expected
