@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "models" / "effort-tiny"
+MODEL = Path(os.environ.get("EFFORT_TEST_MODEL", REPO / "models" / "effort-tiny"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -77,7 +77,7 @@ def server(model_dir, tmp_path_factory):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
                              "--adapters", str(adapters), "--log-level", "warning"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

