@@ -132,7 +132,10 @@ class Service:
         params = SamplingParams(
             n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=stop or None,
-            seed=req.seed, skip_special_tokens=False, output_kind=RequestOutputKind.DELTA,
+            # streaming needs every step; a non-streamed request only its final output (like
+            # vLLM's own server), which spares a wake-up and a split per token per request
+            seed=req.seed, skip_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
             thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0)
 
@@ -242,11 +245,16 @@ class Service:
     async def _pieces(self, p: _Prepared, choices: dict[int, _Choice], timing: dict):
         """Stream (index, reasoning piece, answer piece, finish reason) as the engine produces them;
         fills `choices` with the token ids and `timing["ttft"]` on the way."""
+        from vllm.sampling_params import RequestOutputKind
+
         splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        final_only = p.params.output_kind == RequestOutputKind.FINAL_ONLY
         async for out in self._generate(p):
+            if final_only and timing.get("ttft") is None:  # the engine timed the first token
+                timing["ttft"] = getattr(getattr(out, "metrics", None), "first_token_latency", None) or None
             for o in out.outputs:
                 c = choices[o.index]
-                if timing.get("ttft") is None and o.token_ids:
+                if not final_only and timing.get("ttft") is None and o.token_ids:
                     timing["ttft"] = time.perf_counter() - p.t0
                 c.ids.extend(o.token_ids)
                 r, a = splitters[o.index].feed(o.text)
