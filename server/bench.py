@@ -31,7 +31,6 @@ class BenchConfig:
     max_tokens: int = field(default=256, metadata={"help": "max tokens per request"})
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
-    upstream: str = field(default="", metadata={"help": "(gateway mode, later issue) measure against this upstream"})
     out: str = field(default="", metadata={"help": "also write the table as Markdown to this file"})
 
     def __post_init__(self):
@@ -130,8 +129,6 @@ def run_bench(cfg: BenchConfig) -> str:
     from .engine import prepare_env
     from .manifest import ModelManifest
 
-    if cfg.upstream:
-        raise ValueError("--upstream (gateway mode) is not implemented yet")
     prepare_env()
     model = cfg.model or default_model()
     try:
