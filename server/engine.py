@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CPU_ENV = {
@@ -112,6 +112,3 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
         kw.update(json.loads(settings.engine_args))
     return kw
 
-
-def settings_dict(settings: EngineSettings) -> dict:
-    return asdict(settings)

@@ -37,9 +37,6 @@ class Metrics:
                              LABELS, registry=r)
         self.router = Counter("effort_router_decisions_total", "Decisions of the difficulty router (effort auto)",
                               ("effort_bucket", "adapter"), registry=r)
-        self.length_error = Histogram("effort_router_length_error_tokens",
-                                      "Absolute error of the predicted full-effort reasoning length (auto, full effort)",
-                                      buckets=TOK, registry=r)
         self.running = Gauge("effort_requests_running", "Requests the engine is running", registry=r)
         self.waiting = Gauge("effort_requests_waiting", "Requests queued in the engine", registry=r)
         self.in_flight = Gauge("effort_requests_in_flight", "Requests the server is handling", registry=r)

@@ -164,7 +164,7 @@ class Service:
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             body = adapter.manifest.control.apply(text, decision.effort) if adapter is not None else text
             return self.tokenizer.encode(body, add_special_tokens=False)
-        return build, in_think
+        return build, in_think, text
 
     # -- generation -------------------------------------------------------------------------
     async def _generate(self, p: _Prepared) -> AsyncIterator:
@@ -289,9 +289,9 @@ class Service:
         yield "data: [DONE]\n\n"
 
     async def completions(self, req: CompletionRequest, http_request=None):
-        build, in_think = self._completion_prompt(req)
+        build, in_think, text = self._completion_prompt(req)
         p = self._prepare(req, build, in_think=in_think)
-        prefix = req.prompt if (req.echo and isinstance(req.prompt, str)) else (req.prompt[0] if req.echo else "")
+        prefix = text if req.echo else ""
         if req.stream:
             return self._completion_stream(req, p, prefix)
         choices, ttft = await self._collect_or_abort(p, http_request)

@@ -62,7 +62,17 @@ def make_noisy_adapter(model_dir: Path, folder: Path, name: str = "noisy", seed:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir, tmp_path_factory):
+def adapter_dir(model_dir, tmp_path_factory) -> Path:
+    """A folder of adapters: `noisy` (a real random LoRA) and `broken` (a corrupt manifest)."""
+    folder = tmp_path_factory.mktemp("adapters")
+    make_noisy_adapter(model_dir, folder / "noisy")
+    (folder / "broken").mkdir()  # a corrupt folder: skipped with a log line, not fatal
+    (folder / "broken" / "manifest.json").write_text("{not json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, adapter_dir, tmp_path_factory):
     """A real `effort serve` process on the embedded model (one per session)."""
     import subprocess
     import sys
@@ -70,15 +80,11 @@ def server(model_dir, tmp_path_factory):
 
     import httpx
 
-    adapters = tmp_path_factory.mktemp("adapters")
-    make_noisy_adapter(model_dir, adapters / "noisy")
-    (adapters / "broken").mkdir()  # a corrupt folder: skipped with a log line, not fatal
-    (adapters / "broken" / "manifest.json").write_text("{not json")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                             "--adapters", str(adapters), "--log-level", "warning"],
+                             "--adapters", str(adapter_dir), "--log-level", "warning"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     while time.time() - t0 < 180:

@@ -76,8 +76,15 @@ def bad_jsonl(tmp_path):
     (["train", "base", "--heads", "8"], "head size"),
     (["train", "base", "--out", "."], "exists"),
     (["report", "base", "--samples", "1"], "--samples"),
+    (["serve", "--port", "0"], "port"),
+    (["serve", "--effort-low", "2"], "effort_low"),
+    (["serve", "--effort-adapters", "nope"], "effort_adapters"),
+    (["serve", "--config", "/nonexistent/server.json"], "config file not found"),
+    (["serve", "--engine-args", "[1]"], "JSON object"),
+    (["bench", "serve", "--concurrency", "x"], "--concurrency"),
 ], ids=["unknown-task", "missing-file", "bad-jsonl-line", "negative-budget", "bad-setting", "unknown-adapter",
-        "zero-n", "data-unknown-task", "head-size", "out-exists", "report-samples"])
+        "zero-n", "data-unknown-task", "head-size", "out-exists", "report-samples", "serve-port",
+        "serve-effort-level", "serve-effort-rules", "serve-config-missing", "serve-engine-args", "bench-concurrency"])
 def test_cli_bad_input_is_one_clear_line(args, message, bad_jsonl, tmp_path):
     args = [str(bad_jsonl) if a == "{bad}" else a for a in args]
     r = subprocess.run(EFFORT + args, cwd=tmp_path, capture_output=True, text=True, timeout=120,
