@@ -73,6 +73,22 @@ def _cmd_train_base(args) -> int:
     return 0
 
 
+def _cmd_train_recipe(args) -> int:
+    from training.recipes import RECIPES
+    from training.rl import RLConfig, train_recipe
+
+    cfg = dataclass_from_args(RLConfig, args)
+    train_recipe(RECIPES[args.recipe], cfg)
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from training.merge import MergeConfig, merge
+
+    merge(dataclass_from_args(MergeConfig, args))
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from training.evaluate import EvalConfig, run_eval
 
@@ -126,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     base = tsub.add_parser("base", help="train the embedded tiny reasoning model from scratch (SFT)")
     add_dataclass_args(base, BaseModelConfig, "base model")
     base.set_defaults(func=_cmd_train_base)
+    from training.recipes import RECIPES
+    from training.rl import RLConfig
+
+    for kind, cls in RECIPES.items():
+        r = tsub.add_parser(kind, help=(cls.__doc__ or kind).strip().splitlines()[0],
+                            description=cls.module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_dataclass_args(r, RLConfig, f"{kind} (GRPO + LoRA)")
+        r.set_defaults(func=_cmd_train_recipe)
+
+    mg = sub.add_parser("merge", help="update-selective merge of a trained adapter into a new adapter")
+    from training.merge import MergeConfig
+
+    add_dataclass_args(mg, MergeConfig, "merge")
+    mg.set_defaults(func=_cmd_merge)
 
     ev = sub.add_parser("eval", help="measure accuracy vs reasoning tokens for adapters x efforts/budgets")
     add_dataclass_args(ev, EvalConfig, "evaluation")

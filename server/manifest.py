@@ -62,16 +62,37 @@ class ModelManifest(_Manifest):
 
 
 class Control(BaseModel):
-    """How effort is written into the prompt (e1). ``template`` gets ``{effort}`` and ``{prompt}``."""
+    """How effort is written into the prompt (e1). ``template`` gets ``{effort}`` and ``{prompt}``.
+
+    ``calibration`` (written by e1's calibration step) maps a requested effort to the control
+    value whose realised reasoning length is that fraction of full: points
+    ``[requested, control]``, linearly interpolated, clamped at the ends; empty = identity."""
 
     kind: Literal["prompt-prefix", "none"] = "none"
     template: str = "{prompt}"
     effort_format: str = "{:.2f}"
+    calibration: list[tuple[float, float]] = Field(default_factory=list)
 
-    def apply(self, prompt: str, effort: float) -> str:
+    def value_for(self, effort: float) -> float:
+        pts = sorted(self.calibration)
+        if not pts:
+            return effort
+        if effort <= pts[0][0]:
+            return pts[0][1]
+        for (e0, c0), (e1, c1) in zip(pts, pts[1:]):
+            if effort <= e1:
+                return c0 if e1 == e0 else c0 + (effort - e0) / (e1 - e0) * (c1 - c0)
+        return pts[-1][1]
+
+    def render(self, prompt: str, value: float) -> str:
+        """The prompt carrying control value `value` as is (no calibration)."""
         if self.kind == "none":
             return prompt
-        return self.template.format(prompt=prompt, effort=self.effort_format.format(effort))
+        return self.template.format(prompt=prompt, effort=self.effort_format.format(value))
+
+    def apply(self, prompt: str, effort: float) -> str:
+        """The prompt for a requested effort (through the calibration)."""
+        return self.render(prompt, self.value_for(effort))
 
 
 class AdapterManifest(_Manifest):

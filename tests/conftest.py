@@ -72,7 +72,21 @@ def adapter_dir(model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir, adapter_dir, tmp_path_factory):
+def quick_adapters(model_dir, tmp_path_factory) -> Path:
+    """`--quick` runs of every RL recipe (2 GRPO steps each), trained once per session."""
+    from training.recipes import RECIPES
+    from training.rl import RLConfig, train_recipe
+
+    folder = tmp_path_factory.mktemp("trained")
+    runs = tmp_path_factory.mktemp("runs")
+    for kind, cls in RECIPES.items():
+        train_recipe(cls, RLConfig(model=str(model_dir), quick=True, threads=1, name=f"q-{kind}",
+                                   out=str(folder / f"q-{kind}"), run_dir=str(runs / kind)), log=lambda *_: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
     """A real `effort serve` process on the embedded model (one per session)."""
     import subprocess
     import sys
@@ -84,7 +98,7 @@ def server(model_dir, adapter_dir, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                             "--adapters", str(adapter_dir), "--log-level", "warning"],
+                             "--adapters", f"{adapter_dir},{quick_adapters}", "--log-level", "warning"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     while time.time() - t0 < 180:

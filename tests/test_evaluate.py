@@ -16,13 +16,13 @@ EFFORT = [sys.executable, "-m", "server.cli"]
 
 @pytest.mark.parametrize("text,expected", [
     ("full", Setting("full")), ("none", Setting("none")),
-    ("budget:16", Setting("budget", 16.0)), ("frac:0.25", Setting("frac", 0.25)),
+    ("budget:16", Setting("budget", 16.0)), ("frac:0.25", Setting("frac", 0.25)), ("effort:0.5", Setting("effort", 0.5)),
 ])
 def test_setting_parse(text, expected):
     assert Setting.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["budget:-1", "budget:2.5", "frac:1.5", "turbo", "budget:", "frac:x"])
+@pytest.mark.parametrize("text", ["budget:-1", "budget:2.5", "frac:1.5", "turbo", "budget:", "frac:x", "effort:2", "effort:"])
 def test_setting_parse_rejects(text):
     with pytest.raises(ValueError):
         Setting.parse(text)

@@ -12,7 +12,11 @@ Settings (``--settings``, comma-separated), each applied to every adapter:
 - ``none``: no thinking (budget 0: the end marker is forced at once);
 - ``budget:K``: vLLM ``thinking_token_budget`` = K;
 - ``frac:F``: budget = ceil(F × this prompt's own full-effort reasoning length, measured with the
-  same adapter in this run) — budget forcing at a fraction of natural length.
+  same adapter in this run) — budget forcing at a fraction of natural length;
+- ``effort:E``: no budget; an adapter with an effort control (e1) gets effort E written into its
+  prompt (through its calibration), as the server does; skipped for the others (= ``full``).
+
+``ADAPTER@SETTING`` applies a setting to that adapter only (``base@frac:0.5``).
 Budgets are always enforced by vLLM's ``thinking_token_budget``.
 """
 
@@ -29,7 +33,7 @@ from server.engine import EngineSettings
 
 @dataclass(frozen=True)
 class Setting:
-    kind: str  # full | none | budget | frac
+    kind: str  # full | none | budget | frac | effort
     value: float | None = None
 
     @property
@@ -42,15 +46,15 @@ class Setting:
         if text in ("full", "none"):
             return cls(text)
         kind, _, val = text.partition(":")
-        if kind not in ("budget", "frac") or not val:
-            raise ValueError(f"unknown setting {text!r}: use full, none, budget:K or frac:F")
+        if kind not in ("budget", "frac", "effort") or not val:
+            raise ValueError(f"unknown setting {text!r}: use full, none, budget:K, frac:F or effort:E")
         try:
             v = float(val)
         except ValueError:
             raise ValueError(f"setting {text!r}: {val!r} is not a number") from None
         if kind == "budget" and (v < 0 or v != int(v)):
             raise ValueError(f"setting {text!r}: a thinking budget must be an integer >= 0")
-        if kind == "frac" and not 0 <= v <= 1:
+        if kind in ("frac", "effort") and not 0 <= v <= 1:
             raise ValueError(f"setting {text!r}: a fraction must be in [0, 1]")
         return cls(kind, v)
 
@@ -60,7 +64,7 @@ class EvalConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     adapters: str = field(default="base", metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"})
     adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
-    settings: str = field(default="full", metadata={"help": "comma list of full, none, budget:K, frac:F"})
+    settings: str = field(default="full", metadata={"help": "comma list of full, none, budget:K, frac:F, effort:E; ADAPTER@SETTING applies a setting to one adapter only"})
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
     split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
     n: int = field(default=500, metadata={"help": "number of prompts"})
@@ -76,7 +80,11 @@ class EvalConfig:
             raise ValueError("--n, --samples and --max-tokens must be >= 1")
         if self.temperature < 0:
             raise ValueError("--temperature must be >= 0")
-        self.parsed_settings = [Setting.parse(s) for s in self.settings.split(",") if s.strip()]
+        self.parsed_settings: list[tuple[str | None, Setting]] = []
+        for item in (x.strip() for x in self.settings.split(",")):
+            if item:
+                only, _, text = item.rpartition("@")
+                self.parsed_settings.append((only or None, Setting.parse(text)))
         if not self.parsed_settings:
             raise ValueError("--settings is empty")
 
@@ -246,9 +254,15 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
     kw = dict(temperature=cfg.temperature, samples=cfg.samples, max_tokens=cfg.max_tokens, seed=cfg.seed)
     for name, adapter in resolved.items():
         full_len: dict[str, float] | None = None
-        for s in sorted(cfg.parsed_settings, key=lambda s: s.kind != "full"):
+        mine = [s for only, s in cfg.parsed_settings if only in (None, name)]
+        for s in sorted(dict.fromkeys(mine), key=lambda s: s.kind != "full"):
+            effort = 1.0
+            if s.kind == "effort" and (adapter is None or adapter.manifest.control.kind == "none"):
+                continue  # no effort control: the same as `full`
             if s.kind == "full":
                 budgets = [None] * len(problems)
+            elif s.kind == "effort":
+                budgets, effort = [None] * len(problems), float(s.value)
             elif s.kind == "none":
                 budgets = [0] * len(problems)
             elif s.kind == "budget":
@@ -261,7 +275,7 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
                         full_len.setdefault(row["id"], []).append(row["reasoning_tokens"])
                     full_len = {k: sum(v) / len(v) for k, v in full_len.items()}
                 budgets = [max(0, math.ceil(s.value * full_len[p.id])) for p in problems]
-            rows = ev.generate(problems, task, adapter, budgets, **kw)
+            rows = ev.generate(problems, task, adapter, budgets, effort=effort, **kw)
             for row in rows:
                 row.update(adapter=name, setting=s.label)
             groups[(name, s.label)] = rows

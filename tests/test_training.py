@@ -1,0 +1,284 @@
+"""RL recipes: reward tables, dynamic sampling, quick runs served by name, resume, merge."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.recipes.dler import dler_reward
+from training.recipes.dler_da import da_limit, update_pass_rate
+from training.recipes.e1 import calibration_map, e1_reward
+from training.rl import Rollout, group_keep_mask, parse_rollout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def R(tokens=20, reasoning=10, closed=True, truncated=False, correct=True, effort=1.0):
+    return Rollout("p", effort, tokens, reasoning, closed, truncated, correct)
+
+
+@pytest.mark.parametrize("rollout,limit,want", [
+    (R(), None, 1.0),
+    (R(correct=False), None, 0.0),
+    (R(truncated=True, closed=False, correct=False), None, 0.0),  # cut by the cap: no answer
+    (R(truncated=True, correct=True), None, 0.0),  # even if a boxed digit happened to be in it
+    (R(tokens=30), 29, 0.0),  # over a per-prompt limit (dler-da)
+    (R(tokens=29), 29, 1.0),
+    (R(closed=False, correct=True), None, 0.1),  # answered without closing the thinking
+])
+def test_dler_reward(rollout, limit, want):
+    assert dler_reward(rollout, limit) == want
+
+
+@pytest.mark.parametrize("limit,p,want", [
+    (100, 0.0, 100), (100, 0.5, 100), (100, 0.75, 75), (100, 1.0, 50), (72, 1.0, 36), (10, 0.9, 6),
+])
+def test_da_limit_tightens_with_pass_rate(limit, p, want):
+    assert da_limit(limit, p, min_frac=0.5, p_ref=0.5) == want
+
+
+def test_pass_rate_running_average():
+    assert update_pass_rate(None, 0.25) == 0.25
+    assert update_pass_rate(0.25, 1.0) == pytest.approx(0.625)
+    assert update_pass_rate(0.5, 0.5, keep=0.9) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("rollout,t_ref,want", [
+    (R(reasoning=50, effort=0.5), 100, 1.0),  # exactly on target
+    (R(reasoning=65, effort=0.5), 100, 0.5),  # 0.15 over, band 0.3
+    (R(reasoning=35, effort=0.5), 100, 0.5),  # 0.15 under
+    (R(reasoning=100, effort=0.5), 100, 0.0),  # full length at half effort
+    (R(reasoning=100, effort=1.0), 100, 1.0),
+    (R(reasoning=44, effort=1.0), 100, 0.0),  # effort 1.0 is not paid for a short path
+    (R(reasoning=50, effort=0.5, correct=False), 100, 0.0),
+    (R(reasoning=0, effort=0.5, truncated=True, closed=False, correct=False), 100, 0.0),
+    (R(reasoning=50, effort=0.5), 0, 0.0),  # unknown reference length
+])
+def test_e1_reward(rollout, t_ref, want):
+    assert e1_reward(rollout, t_ref, band=0.3) == pytest.approx(want)
+
+
+def test_calibration_map_inverts_the_realised_curve():
+    realised = {0.1: 0.05, 0.5: 0.45, 1.0: 1.0, 0.7: 0.40}  # non-monotone point is flattened
+    cal = dict((e, c) for e, c in calibration_map(realised, targets=[0.02, 0.25, 0.45, 0.725, 1.0, 1.2]))
+    assert cal[0.02] == 0.1  # below reach: lowest control
+    assert cal[0.25] == pytest.approx(0.1 + (0.2 / 0.4) * 0.4)
+    assert cal[0.45] == pytest.approx(0.5)
+    assert 0.7 < cal[0.725] < 1.0
+    assert cal[1.0] == 1.0 and cal[1.2] == 1.0
+
+
+def test_control_applies_calibration():
+    from training.recipes.e1 import CONTROL
+
+    from server.manifest import Control
+
+    c = Control.model_validate({**CONTROL.model_dump(), "calibration": [[0.2, 0.1], [0.6, 0.5], [1.0, 1.0]]})
+    assert c.value_for(0.4) == pytest.approx(0.3)
+    assert c.value_for(0.05) == 0.1 and c.value_for(1.0) == 1.0
+    assert c.apply("a1 b2", 0.4).startswith("Think for effort 0.30 of full.\n")
+    assert CONTROL.apply("a1 b2", 0.4).startswith("Think for effort 0.40 of full.\n")  # no calibration = identity
+
+
+@pytest.mark.parametrize("rewards,group,want", [
+    ([1, 0, 1, 0], 4, [True] * 4),
+    ([1, 1, 1, 1, 0, 1, 0, 0], 4, [False] * 4 + [True] * 4),
+    ([0, 0, 0.1, 0.1], 2, [False] * 4),
+    ([0.5, 0.5 + 1e-9], 2, [False, False]),  # equal within tolerance
+])
+def test_dynamic_sampling_mask(rewards, group, want):
+    assert group_keep_mask(rewards, group) == want
+
+
+def test_dynamic_sampling_mask_rejects_ragged_groups():
+    with pytest.raises(ValueError):
+        group_keep_mask([1, 0, 1], 2)
+
+
+@pytest.fixture(scope="module")
+def tok_markers(model_dir):
+    from transformers import AutoTokenizer
+
+    from server.reasoning import Markers
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return tok, Markers.from_tokenizer(tok, "<think>", "</think>")
+
+
+@pytest.mark.parametrize("text,eos,cap,want", [
+    ("<think>a3 b4>7</think>\\boxed{7}", True, 64, dict(correct=True, closed=True, truncated=False)),
+    ("<think>a3 b4>7</think>\\boxed{8}", True, 64, dict(correct=False, closed=True, truncated=False)),
+    ("<think>a3 b4>7</think>\\boxed{77}", True, 64, dict(correct=False, closed=True)),  # malformed: two digits
+    ("<think>a3 b4>7</think>the answer is 7", True, 64, dict(correct=False, closed=True)),  # no boxed answer
+    ("<think>a3 b4>7 \\boxed{7}", False, None, dict(correct=False, closed=False, truncated=True)),  # cut, no EOS
+    ("<think>a3 b4>7</think>\\boxed{7}", False, None, dict(correct=True, truncated=True)),  # hit cap at the answer
+])
+def test_parse_rollout(tok_markers, task, text, eos, cap, want):
+    tok, markers = tok_markers
+    ids = tok.encode(text, add_special_tokens=False) + ([tok.eos_token_id] if eos else [])
+    prob = task.make([3, 4])
+    r = parse_rollout(ids, prob, task, tok, markers, cap=cap or len(ids))
+    for k, v in want.items():
+        assert getattr(r, k) == v, (k, r)
+    assert r.reasoning_tokens == len(tok.encode("a3 b4>7" + (" \\boxed{7}" if "</think>" not in text else ""),
+                                                add_special_tokens=False))
+
+
+# --- runs ------------------------------------------------------------------------------------
+def _effort(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["dler", "dler-da", "e1"])
+def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
+    from server.manifest import AdapterManifest
+    from server.registry import load_adapter
+
+    folder = quick_adapters / f"q-{kind}"
+    m = load_adapter(folder)  # peft files + valid manifest
+    assert m.kind == kind and m.name == f"q-{kind}"
+    assert m.training["steps"] == 2 and m.training["recipe"] == kind
+    assert m.base_model_hash and m.base_model_hash != "unknown"
+    assert (folder / "training_log.jsonl").is_file() and (folder / "curves.png").stat().st_size > 1000
+    rows = [json.loads(x) for x in (folder / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "accuracy", "mean_length", "entropy", "groups_dropped"):
+        assert key in rows[0], key
+    import gzip
+
+    roll = [json.loads(x) for x in gzip.open(folder / "rollouts.jsonl.gz", "rt")]
+    assert len(roll) == 2 * 2 * 4  # steps x prompts x generations
+    assert {"prompt_id", "effort", "completion_tokens", "correct"} <= set(roll[0])
+    if kind == "e1":
+        assert m.control.kind == "prompt-prefix" and {r["effort"] for r in roll} <= {round(0.2 + 0.05 * i, 2) for i in range(17)}
+    assert AdapterManifest.read(folder) == m
+    assert not list(quick_adapters.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("kind", ["q-dler", "q-dler-da", "q-e1"])
+def test_server_serves_quick_adapters_by_name(client, model_dir, kind):
+    assert kind in {m.id for m in client.models.list().data}
+    msg = [{"role": "user", "content": "a3 b4 c5"}]
+    r = client.chat.completions.create(model=kind, messages=msg, max_tokens=64, extra_body={"effort": 0.5})
+    base = client.chat.completions.create(model=model_dir.name, messages=msg, max_tokens=64, extra_body={"effort": 0.5})
+    assert r.model == kind and r.model_extra["effort"]["adapter"] == kind
+    assert r.usage.completion_tokens > 0
+    # e1 writes its effort control into the prompt; the DLER adapters leave the prompt alone
+    extra = r.usage.prompt_tokens - base.usage.prompt_tokens
+    assert (extra > 5) if kind == "q-e1" else (extra == 0)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_loses_at_most_one_save_interval(tmp_path, model_dir):
+    run = tmp_path / "run"
+    out = tmp_path / "adapter"
+    args = ["train", "dler", "--quick", "--max-steps", "6", "--save-every", "2", "--threads", "1",
+            "--model", str(model_dir), "--run-dir", str(run), "--out", str(out), "--name", "resumed"]
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (run / "checkpoint-2" / "effort_state.json").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() - t0 < 240
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # no half-written adapter
+    done_before = max(json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines())
+    r = _effort(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stdout + r.stderr
+    steps = [json.loads(x)["step"] for x in (out / "training_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 and steps[0] == 1  # no gap, no duplicate
+    lost = done_before - 2  # steps redone after the resume
+    assert 0 <= lost <= 2
+    import gzip
+
+    roll = [json.loads(x) for x in gzip.open(out / "rollouts.jsonl.gz", "rt")]
+    assert sorted({x["step"] for x in roll}) == list(range(6))
+    assert len(roll) == 6 * 2 * 4
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "nope"], "invalid choice"),
+    (["train", "dler", "--quick", "--task", "{data}"], "missing field(s) answer"),
+    (["train", "dler", "--quick", "--lora-targets", "q_proj,wq"], "wq not found"),
+    (["train", "dler", "--quick", "--out", "{exists}"], "exists"),
+    (["train", "dler", "--quick", "--generations", "1"], "--generations"),
+    (["train", "dler", "--resume", "--run-dir", "{empty}"], "no checkpoint"),
+    (["merge", "--adapter", "nope"], "unknown adapter"),
+    (["merge", "--adapter", "{noisy}", "--keep", "0"], "--keep"),
+])
+def test_training_bad_input_is_one_clear_line(tmp_path, adapter_dir, args, msg):
+    data = tmp_path / "noanswer.jsonl"
+    data.write_text('{"question": "1+1"}\n')
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    (tmp_path / "empty").mkdir()
+    subst = {"{data}": str(data), "{exists}": str(exists), "{empty}": str(tmp_path / "empty"),
+             "{noisy}": str(adapter_dir / "noisy")}
+    argv = [subst.get(a, a) for a in args]
+    if argv[:2] != ["train", "nope"] and argv[0] == "train":
+        argv += [] if "--run-dir" in argv else ["--run-dir", str(tmp_path / "run")]
+        argv += [] if "--out" in argv else ["--out", str(tmp_path / "new-adapter")]
+    elif argv[0] == "merge" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "new-merged")]
+    r = _effort(*argv)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-1500:])
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.glob(".*partial*")) and not (tmp_path / "new-adapter").exists()
+
+
+def test_merge_identity_reproduces_the_source(tmp_path, model_dir, adapter_dir):
+    """keep 1, scale 1, rank >= source rank: the merged adapter's logits equal the source's."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from training.merge import MergeConfig, lora_deltas, merge
+
+    out = merge(MergeConfig(adapter=str(adapter_dir / "noisy"), keep=1.0, scale=1.0, rank=8, out=str(tmp_path / "m"),
+                            eval_n=0), log=lambda *_: None)
+    x = torch.tensor([[5, 17, 42, 9, 100, 3]])
+    src = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter_dir / "noisy")).eval()
+    new = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(out)).eval()
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        a, b, c = src(x).logits, new(x).logits, base(x).logits
+    assert (a - c).abs().max() > 1e-2  # the source adapter really changes the model
+    assert torch.allclose(a, b, atol=1e-4)
+    d_src, d_new = lora_deltas(src), lora_deltas(new)
+    assert set(d_src) == set(d_new)
+
+
+def test_merge_keeps_only_the_most_changed_entries(tmp_path, model_dir, adapter_dir):
+    import torch
+
+    from training.merge import select_update, to_lora
+
+    d = torch.tensor([[0.1, -5.0, 0.2], [3.0, 0.0, -0.3]])
+    s = select_update(d, 2 / 6)
+    assert torch.equal(s, torch.tensor([[0.0, -5.0, 0.0], [3.0, 0.0, 0.0]]))
+    a, b = to_lora(s, 4)  # rank beyond the matrix rank: exact, zero-padded
+    assert a.shape == (4, 3) and b.shape == (2, 4)
+    assert torch.allclose(b @ a, s, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(64, 32, generator=g)
+    assert (select_update(big, 0.25) != 0).sum() == 512
+    from server.manifest import AdapterManifest
+
+    from training.merge import MergeConfig, merge
+
+    out = merge(MergeConfig(adapter=str(adapter_dir / "noisy"), keep=0.2, scale=0.5, out=str(tmp_path / "m2"),
+                            eval_n=0), log=lambda *_: None)
+    m = AdapterManifest.read(out)
+    assert m.kind == "merged" and m.training["keep"] == 0.2 and m.training["rank"] == 16
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 16
