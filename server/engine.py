@@ -80,6 +80,23 @@ def default_model() -> str:
     return str(REPO / "models" / "effort-tiny")
 
 
+def portable_path(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it (so manifests survive a clone
+    elsewhere), else as given."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def resolve_path(path: str | Path) -> str:
+    """Inverse of `portable_path`: a relative path that does not exist here is taken from the
+    repository root."""
+    p = Path(path)
+    return str(REPO / p) if not p.is_absolute() and not p.exists() and (REPO / p).exists() else str(p)
+
+
 def default_adapter_dir() -> str:
     return str(REPO / "adapters")
 

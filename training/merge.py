@@ -92,7 +92,9 @@ def merge(cfg: MergeConfig, log=print) -> Path:
     out = Path(cfg.out or Path(cfg.adapter_dir or default_adapter_dir()) / name)
     if out.exists() and not cfg.force:
         raise FileExistsError(f"output folder {out} exists; pass --force to replace it")
-    base_path = m.base_model
+    from server.engine import resolve_path
+
+    base_path = resolve_path(m.base_model)
     if not Path(base_path, "config.json").is_file():
         raise ValueError(f"the adapter's base model {base_path} is not a model folder")
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)

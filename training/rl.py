@@ -434,7 +434,7 @@ def load_problems(task, n: int, seed: int):
 
 def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     """Train, evaluate and write the adapter folder atomically. Returns its path."""
-    from server.engine import default_model
+    from server.engine import default_model, portable_path
     from server.manifest import AdapterManifest, ModelManifest
     from server.registry import NAME_RE
     from training.tasks import load_task
@@ -551,7 +551,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
         with open(rollouts_path, "rb") as src, gzip.open(stage / "rollouts.jsonl.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         manifest = AdapterManifest(
-            name=name, kind=recipe_cls.kind, base_model=str(model_path), base_model_hash=model_hash(model_path),
+            name=name, kind=recipe_cls.kind, base_model=portable_path(model_path), base_model_hash=model_hash(model_path),
             think_start=think[0], think_end=think[1], control=recipe.control or AdapterManifest.model_fields["control"].default_factory(),
             training={"recipe": recipe_cls.kind, "task": cfg.task, "n_prompts": len(problems), "steps": steps,
                       "seed": cfg.seed, "wall_time_s": round(wall, 1), "hyper": {**_hyper(cfg), **recipe.hyper()},
