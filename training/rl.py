@@ -140,8 +140,7 @@ def _trainer_class():
             out = super()._generate_and_score_completions(inputs)
             if not self.model.training:
                 return out
-            rewards = self.recipe.last_rewards
-            mode = "train"
+            rewards, mode = self.recipe.last_rewards, "train"
             if self.dynamic_sampling and len(rewards) == out["completion_mask"].shape[0]:
                 keep = torch.tensor(group_keep_mask(rewards, self.num_generations), dtype=out["completion_mask"].dtype,
                                     device=out["completion_mask"].device)
@@ -242,9 +241,7 @@ class Context:
     tokenizer: Any
     markers: Any
     max_completion: int
-    think: tuple[str, str]
-    model_path: str = ""
-    model: Any = None
+    model: Any = None  # the peft model being trained
 
     def render(self, content: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
@@ -488,7 +485,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
                           task_type="CAUSAL_LM")
     model = get_peft_model(model, peft_cfg)  # the recipe's prepare() may warm the LoRA up
     ctx = Context(task=task, problems={p.id: p for p in problems}, tokenizer=tok, markers=markers,
-                  max_completion=cap, think=think, model_path=str(model_path), model=model)
+                  max_completion=cap, model=model)
     recipe = recipe_cls(cfg, ctx)
     run_dir.mkdir(parents=True, exist_ok=True)
     rollouts_path = run_dir / "rollouts.jsonl"
@@ -503,16 +500,17 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
         _write_jsonl(rollouts_path, [r for r in _read_jsonl(rollouts_path) if r["step"] < step], mode="w")
         _write_jsonl(log_path, [r for r in _read_jsonl(log_path) if r["step"] <= step], mode="w")
         log(f"resuming from {ckpt} (step {step}, {prior_wall / 60:.1f} min trained before)")
+        start = run_dir / "start-adapter" / "adapter_model.safetensors"
+        if start.is_file():  # the KL reference is a copy of the adapter as GRPO first saw it (e1's warm-up)
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(start)))
     else:
         log(f"{recipe_cls.kind}: {len(problems)} prompts, {cfg.prompts_per_step}x{cfg.generations} rollouts/step, "
             f"cap {cap} tokens, up to {cfg.max_steps} steps / {cfg.minutes:g} min")
         recipe.prepare(problems, log)
         model.save_pretrained(str(run_dir / "start-adapter"))  # what GRPO starts from (and its KL reference)
-    if (run_dir / "start-adapter" / "adapter_model.safetensors").is_file():
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(str(run_dir / "start-adapter" / "adapter_model.safetensors")))
     recipe.rollout_sink = lambda rows: _write_jsonl(rollouts_path, rows)
 
     from datasets import Dataset
@@ -536,7 +534,6 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
                                callbacks=_callbacks(recipe, run_dir, cfg, t_start, prior_wall, title))
     trainer.recipe = recipe
     trainer.dynamic_sampling = not cfg.no_dynamic_sampling
-    ctx.model = trainer.model
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = prior_wall + time.time() - t_start
     steps = trainer.state.global_step
