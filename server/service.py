@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from .config import ServerSettings
-from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, prepare_env
+from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, fork_engine_core, prepare_env
 from .errors import BadRequest, ContextTooLong, EngineUnavailable
 from .manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
@@ -72,11 +72,14 @@ class Service:
     async def start(self) -> None:
         prepare_env()
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kw = engine_kwargs(self.engine_settings, self.manifest.think_start, self.manifest.think_end)
         kw["max_lora_rank"] = max([kw["max_lora_rank"], *(self._rank(a) for a in self.adapters.values())])
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kw), stat_loggers=[stat_logger_factory(self.metrics)])
+        vllm_config = AsyncEngineArgs(**kw).create_engine_config(UsageContext.OPENAI_API_SERVER)
+        with fork_engine_core():
+            self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[stat_logger_factory(self.metrics)])
         self.tokenizer = self.llm.tokenizer
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
         self.max_model_len = self.engine_settings.max_model_len
