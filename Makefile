@@ -1,5 +1,5 @@
 # The two commands of the README:  `make serve`  and  `make test`.
-.PHONY: setup serve eval-demo test test-fast model report adapters adapters-report bench clean
+.PHONY: setup tools serve eval-demo test test-fast model report adapters adapters-report router bench bench-router clean
 PY := .venv/bin/python
 
 setup:
@@ -13,7 +13,11 @@ serve: setup
 eval-demo: setup
 	.venv/bin/effort eval --n 60 --settings full,frac:0.5,frac:0.25,none --out eval-out
 
-test: setup
+# System tools of the deploy tests (Prometheus, promtool), installed when missing.
+tools:
+	bash scripts/tools.sh
+
+test: setup tools
 	$(PY) -m pytest -q -rs
 
 test-fast: setup
@@ -38,7 +42,35 @@ adapters: setup
 
 adapters-report: setup
 	.venv/bin/effort eval --n 500 --adapters base,dler,dler-da,dler-merged,e1 --out adapters/report \
-		--settings full,base@frac:0.25,base@frac:0.5,base@frac:0.75,e1@effort:0.25,e1@effort:0.5,e1@effort:0.75
+		--router none --settings full,base@frac:0.25,base@frac:0.5,base@frac:0.75,e1@control:0.25,e1@control:0.5,e1@control:0.75
+
+# The difficulty router (adapters/router/) from measured records, then its report on the test split:
+#  1. every route model at full effort (and no thinking) on dev prompts -> length heads;
+#  2. the efforts as the server runs them (budgets from stage 1's predicted lengths) -> route heads;
+#  3. calibrate the auto margin on other dev prompts (seed 1); 4. auto vs fixed efforts on test.
+# Each stage is a file target: an interrupted run picks up where it stopped (~20 min on 2 cores).
+ROUTES := base,dler,e1
+EFFORTS := effort:0.25,effort:0.5,effort:0.75
+router: setup adapters/router/report/results.json
+
+runs/router/fit-full/results.json:
+	.venv/bin/effort eval --adapters $(ROUTES) --settings full,none --split dev --n 600 --router none --out $(@D)
+runs/router/stage1/router.json: runs/router/fit-full/results.json
+	.venv/bin/effort router fit --records $< --out $(@D)
+runs/router/fit-effort/results.json: runs/router/stage1/router.json
+	.venv/bin/effort eval --adapters $(ROUTES) --settings $(EFFORTS) --split dev --n 600 --router $(<D) --out $(@D)
+runs/router/calib/results.json: runs/router/fit-effort/results.json
+	.venv/bin/effort eval --adapters $(ROUTES) --settings full,none,$(EFFORTS) --split dev --seed 1 --n 400 \
+		--router runs/router/stage1 --out $(@D)
+adapters/router/router.json: runs/router/calib/results.json
+	.venv/bin/effort router fit --records runs/router/fit-full/results.json,runs/router/fit-effort/results.json --out $(@D)
+	.venv/bin/effort router calibrate --router $(@D) --records $<
+adapters/router/report/results.json: adapters/router/router.json
+	.venv/bin/effort eval --adapters $(ROUTES) --settings full,$(EFFORTS),base@auto --split test --n 500 \
+		--router adapters/router --out $(@D)
+
+bench-router: setup
+	.venv/bin/effort bench router
 
 bench: setup
 	.venv/bin/effort bench serve --out bench-serve.md

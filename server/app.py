@@ -28,7 +28,7 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
         try:
             yield
         finally:
-            service.shutdown()
+            await service.shutdown()
 
     app = FastAPI(title="effort-server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API with per-request control of reasoning effort.")

@@ -44,13 +44,18 @@ class BenchConfig:
             raise ValueError("--concurrency needs integers >= 1")
 
 
-def _vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str]) -> list[str]:
+def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], served: str = "bench",
+             loras: dict[str, str] | None = None) -> list[str]:
+    """vLLM's own OpenAI server on `model` with our engine settings, the think markers as its
+    reasoning config and `loras` (name → folder) as LoRA modules."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
            "--host", "127.0.0.1", "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
            "--enable-lora", "--max-loras", str(s.max_loras), "--max-lora-rank", str(s.max_lora_rank),
-           "--seed", str(s.seed), "--served-model-name", "bench",
+           "--seed", str(s.seed), "--served-model-name", served,
            "--reasoning-config", json.dumps({"reasoning_start_str": think[0], "reasoning_end_str": think[1]}),
            "--reasoning-parser", "deepseek_r1", "--disable-uvicorn-access-log"]
+    if loras:
+        cmd += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
     if not has_gpu():
         cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
     return cmd
@@ -61,7 +66,7 @@ def _ours_cmd(model: str, port: int) -> list[str]:
             "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
     import httpx
 
     t0 = time.time()
@@ -140,14 +145,14 @@ def run_bench(cfg: BenchConfig) -> str:
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     urls = {"vllm": f"http://127.0.0.1:{cfg.port}", "ours": f"http://127.0.0.1:{cfg.port + 1}"}
-    cmds = {"vllm": _vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
+    cmds = {"vllm": vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
             "ours": _ours_cmd(model, cfg.port + 1)}
     ready = {}
     try:
         for name in ("vllm", "ours"):  # one at a time: start-up time is part of the table
             log = open(logs / f"effort-bench-{name}.log", "w")
             procs[name] = subprocess.Popen(cmds[name], stdout=log, stderr=subprocess.STDOUT, env=env)
-            ready[name] = _wait_ready(urls[name], procs[name])
+            ready[name] = wait_ready(urls[name], procs[name])
         for name in urls:  # warm-up
             asyncio.run(_scenario(urls[name], questions[:8], 4, False, cfg.max_tokens))
         results: dict[tuple, dict[str, list[dict]]] = {}

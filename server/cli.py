@@ -96,6 +96,27 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_router_fit(args) -> int:
+    from training.router import RouterFitConfig, run_fit
+
+    run_fit(dataclass_from_args(RouterFitConfig, args))
+    return 0
+
+
+def _cmd_router_calibrate(args) -> int:
+    from training.router import RouterCalibrateConfig, run_calibrate
+
+    run_calibrate(dataclass_from_args(RouterCalibrateConfig, args))
+    return 0
+
+
+def _cmd_bench_router(args) -> int:
+    from training.router import RouterBenchConfig, run_router_bench
+
+    run_router_bench(dataclass_from_args(RouterBenchConfig, args))
+    return 0
+
+
 def _cmd_report_base(args) -> int:
     from training.base_report import BaseReportConfig, run_base_report
 
@@ -122,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.base_model import BaseModelConfig
     from training.base_report import BaseReportConfig
     from training.evaluate import EvalConfig
+    from training.router import RouterBenchConfig, RouterCalibrateConfig, RouterFitConfig
 
     p = argparse.ArgumentParser(prog="effort", description="Control how hard a reasoning model thinks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bsub.add_parser("serve", help="our server vs vLLM's own OpenAI server on the same model")
     add_dataclass_args(bs, BenchConfig, "benchmark")
     bs.set_defaults(func=_cmd_bench_serve)
+    br = bsub.add_parser("router", help="time the router + policy per request against the policy without a router")
+    add_dataclass_args(br, RouterBenchConfig, "benchmark")
+    br.set_defaults(func=_cmd_bench_router)
 
     train = sub.add_parser("train", help="train the base model or an adapter")
     tsub = train.add_subparsers(dest="recipe", required=True)
@@ -160,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="measure accuracy vs reasoning tokens for adapters x efforts/budgets")
     add_dataclass_args(ev, EvalConfig, "evaluation")
     ev.set_defaults(func=_cmd_eval)
+
+    ro = sub.add_parser("router", help="the difficulty router for effort 'auto': fit and calibrate")
+    rosub = ro.add_subparsers(dest="router_cmd", required=True)
+    rf = rosub.add_parser("fit", help="fit the router from effort-eval results and/or training rollouts")
+    add_dataclass_args(rf, RouterFitConfig, "router fit")
+    rf.set_defaults(func=_cmd_router_fit)
+    rc = rosub.add_parser("calibrate", help="calibrate the auto policy's margin on held-out eval results")
+    add_dataclass_args(rc, RouterCalibrateConfig, "router calibrate")
+    rc.set_defaults(func=_cmd_router_calibrate)
 
     rep = sub.add_parser("report", help="measured reports")
     rsub = rep.add_subparsers(dest="report", required=True)

@@ -27,6 +27,13 @@ class ServerSettings:
     answer_reserve: int = field(default=16, metadata={"help": "tokens of max_tokens kept for the answer"})
     full_effort_tokens: int = field(default=0, metadata={"help": "predicted full-effort reasoning length (0: from the model manifest)"})
     effort_adapters: str = field(default="", metadata={"help": "JSON list of [max_effort, adapter] rules, e.g. '[[0.5, \"dler\"]]': efforts <= max_effort use that adapter"})
+    router: str = field(default="", metadata={"help": "difficulty router folder for effort 'auto' and per-prompt budgets (default: <first adapters folder>/router when present; 'none': no router)"})
+    router_margin: float = field(default=-1.0, metadata={"help": "auto takes the cheapest route predicted within this accuracy of the best (-1: the router's calibrated margin)"})
+    router_history: int = field(default=10000, metadata={"help": "prompts whose measured full-effort length is remembered for repeats (0: off)"})
+    upstream: str = field(default="", metadata={"help": "gateway mode: URL of an OpenAI-compatible vLLM server or fleet to send generations to (no local engine)"})
+    upstream_model: str = field(default="", metadata={"help": "the upstream's base model name (default: the first model it lists)"})
+    upstream_models: str = field(default="", metadata={"help": "JSON map of adapter name -> upstream LoRA model name (default: the same name)"})
+    upstream_timeout: float = field(default=600.0, metadata={"help": "seconds an upstream request may take (then 504)"})
     log_level: str = field(default="info", metadata={"help": "log level"})
     config: str = field(default="", metadata={"help": "JSON file of any of these settings"})
 
@@ -36,6 +43,13 @@ class ServerSettings:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.budget_slack <= 0 or self.min_budget < 0 or self.max_budget < 0 or self.answer_reserve < 0:
             raise ValueError("budget_slack must be > 0; min_budget, max_budget and answer_reserve >= 0")
+        if self.router_margin > 1 or self.router_history < 0:
+            raise ValueError("router_margin must be <= 1 (-1: calibrated) and router_history >= 0")
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            raise ValueError("upstream must be an http:// or https:// URL")
+        if self.upstream_timeout <= 0:
+            raise ValueError("upstream_timeout must be > 0")
+        self.upstream_names()  # validate
         if not 0 < self.port < 65536:
             raise ValueError("port must be in 1..65535")
         self.effort_rules()  # validate
@@ -45,6 +59,17 @@ class ServerSettings:
 
     def openai_levels(self) -> dict[str, float]:
         return {"none": 0.0, "minimal": self.effort_minimal, **self.levels(), "xhigh": 1.0}
+
+    def upstream_names(self) -> dict[str, str]:
+        if not self.upstream_models:
+            return {}
+        try:
+            names = json.loads(self.upstream_models)
+            if not isinstance(names, dict):
+                raise ValueError
+            return {str(k): str(v) for k, v in names.items()}
+        except ValueError:
+            raise ValueError("upstream_models must be a JSON object of adapter name -> upstream model name") from None
 
     def effort_rules(self) -> list[tuple[float, str]]:
         if not self.effort_adapters:

@@ -37,6 +37,9 @@ class Metrics:
                              LABELS, registry=r)
         self.router = Counter("effort_router_decisions_total", "Decisions of the difficulty router (effort auto)",
                               ("effort_bucket", "adapter"), registry=r)
+        self.router_error = Histogram("effort_router_length_error_tokens",
+                                      "|reasoning tokens - the router's prediction| per choice of an auto request",
+                                      LABELS, buckets=TOK, registry=r)
         self.running = Gauge("effort_requests_running", "Requests the engine is running", registry=r)
         self.waiting = Gauge("effort_requests_waiting", "Requests queued in the engine", registry=r)
         self.in_flight = Gauge("effort_requests_in_flight", "Requests the server is handling", registry=r)
@@ -67,6 +70,8 @@ class Metrics:
                 self.saved.labels(*lab).inc(max(0.0, decision.full_effort_tokens - r))
         if decision.route == "auto":
             self.router.labels(decision.bucket, adapter_label).inc()
+            for r in reasoning:
+                self.router_error.labels(*lab).observe(abs(r - decision.predicted["tokens"]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

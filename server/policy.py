@@ -3,9 +3,18 @@
 Precedence for the effort: request `effort` → request `reasoning_effort` → server default.
 Budget: effort 0 → 0 (answer at once); effort 1 → no effort budget; otherwise
 ``clamp(ceil(effort × L̂ × slack), min_budget, max_budget)`` with L̂ the predicted full-effort
-reasoning length (the model manifest's default until a router is fitted). Then, always:
+reasoning length of the model that runs the request — the router's per-prompt prediction (a
+measured length from the online history first, for a prompt seen before) when a router is
+loaded and knows that model, else the model manifest's default. Then, always:
 the request's `thinking_token_budget` caps it, and so does `max_tokens` minus the answer
 reserve (plus the two think markers), so reasoning never consumes the whole output limit.
+
+`effort: "auto"`: the router scores every route it was fitted on that this server can run (a
+model — the base or a registered adapter — at an effort); the policy takes the cheapest route
+(fewest predicted reasoning tokens) whose predicted accuracy is within the margin of the best
+(the margin calibrated offline by `effort router calibrate`, or the server's `router_margin`),
+then budgets it like a numeric effort on that route's model. A request that names an adapter
+restricts `auto` to that adapter's routes.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any, Literal
 from .config import OPENAI_EFFORTS, ServerSettings
 from .errors import EffortError, ModelNotFound
 from .registry import Adapter
+from .router import BASE, History, Router, choose
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,15 @@ class EffortDecision:
 
 class Policy:
     def __init__(self, settings: ServerSettings, adapters: dict[str, Adapter], base_name: str,
-                 full_effort_tokens: int, router=None):
+                 full_effort_tokens: int, router: Router | None = None, history: History | None = None):
         self.s, self.adapters, self.base_name = settings, adapters, base_name
         self.full_effort_tokens = full_effort_tokens
-        self.router = router
+        self.router, self.history = router, history
+        self.margin = None
+        if router is not None:
+            self.margin = settings.router_margin if settings.router_margin >= 0 else router.margin
+            # routes this server can run: the base and registered adapters
+            self.routes = [r for r in router.routes if r.model == BASE or r.model in adapters]
         self.rules = settings.effort_rules()
         missing = [a for _, a in self.rules if a not in adapters]
         if missing:
@@ -92,18 +107,59 @@ class Policy:
         return None
 
     # -- decision ---------------------------------------------------------------------------
+    def score(self, prompt: str):
+        """The router's score for `prompt`, measured lengths from the history first."""
+        known = {}
+        if self.history is not None:
+            for m in self.router.models:
+                v = self.history.get(m, prompt)
+                if v is not None:
+                    known[m] = v
+        return self.router.score(prompt, known), known
+
+    def _auto(self, prompt: str | None, explicit: Adapter | None):
+        if self.router is None:
+            raise EffortError("effort 'auto' needs a fitted difficulty router and none is configured "
+                              "(fit one with `effort router fit`, serve it with --router)", "effort",
+                              code="router_not_configured")
+        routes = [r for r in self.routes if explicit is None or r.model == explicit.name]
+        if not routes:
+            raise EffortError(f"the router has no routes for model {explicit.name!r}; use a numeric effort "
+                              "or a model the router was fitted on", "effort", code="router_no_route")
+        score, known = self.score(prompt or "")
+        p = {r: score.p_correct[r] for r in routes}
+        t = {r: score.tokens[r] for r in routes}
+        route = choose(p, t, self.margin)
+        predicted = {"route": route.label, "p_correct": round(p[route], 4), "best_p_correct": round(max(p.values()), 4),
+                     "tokens": round(t[route], 1), "full_effort_tokens": round(score.full_length[route.model], 1),
+                     "margin": self.margin, "source": "history" if route.model in known else "router"}
+        return route, score, predicted
+
     def decide(self, *, model: str | None, effort=None, reasoning_effort=None,
-               thinking_token_budget: int | None = None, max_tokens: int | None = None) -> EffortDecision:
+               thinking_token_budget: int | None = None, max_tokens: int | None = None,
+               prompt: str | None = None) -> EffortDecision:
         requested, value, source = self._parse_effort(effort, reasoning_effort)
         explicit = self.resolve_model(model)
+        predicted, route_kind, score, known = None, "fixed", None, {}
         if value is None:  # auto
-            if self.router is None:
-                raise EffortError("effort 'auto' needs a fitted difficulty router and none is configured "
-                                  "(fit one with `effort router fit`)", "effort", code="router_not_configured")
-            raise EffortError("effort 'auto' is not available yet", "effort")
-        adapter = explicit or self._adapter_for(value)
-        full = float(self.full_effort_tokens)
-        why = [f"{source}={requested if requested is not None else self.s.default_effort}->{value:g}"]
+            route, score, predicted = self._auto(prompt, explicit)
+            value, route_kind = route.effort, "auto"
+            adapter = None if route.model == BASE else self.adapters[route.model]
+        else:
+            adapter = explicit or self._adapter_for(value)
+        full, base_full = float(self.full_effort_tokens), float(self.full_effort_tokens)
+        if self.router is not None and prompt is not None:
+            key = adapter.name if adapter is not None else BASE
+            if score is None:
+                score, known = self.score(prompt)
+            if key in score.full_length:
+                full = score.full_length[key]
+                if predicted is None:
+                    predicted = {"full_effort_tokens": round(full, 1), "source": "history" if key in known else "router"}
+            base_full = score.full_length.get(BASE, base_full)
+        why = [f"{source}={requested if requested is not None else self.s.default_effort}->"
+               + (f"auto: route {predicted['route']} (p={predicted['p_correct']:.3f}, best {predicted['best_p_correct']:.3f}, "
+                  f"margin {self.margin:g})" if route_kind == "auto" else f"{value:g}")]
         if value <= 0:
             budget: int | None = 0
             why.append("no thinking")
@@ -113,7 +169,7 @@ class Policy:
         else:
             raw = math.ceil(value * full * self.s.budget_slack)
             budget = max(self.s.min_budget, raw)
-            why.append(f"budget=ceil({value:g}x{full:g}x{self.s.budget_slack:g})={raw}")
+            why.append(f"budget=ceil({value:g}x{full:.1f}x{self.s.budget_slack:g})={raw}")
         if self.s.max_budget and (budget is None or budget > self.s.max_budget):
             budget = self.s.max_budget
             why.append(f"server max_budget {budget}")
@@ -129,7 +185,8 @@ class Policy:
         if adapter is not None and adapter.manifest.control.kind != "none":
             control = adapter.manifest.control.kind
         if adapter is not None:
-            why.append(f"adapter {adapter.name}" + (" (requested)" if explicit else " (effort rule)"))
+            why.append(f"adapter {adapter.name}" + (" (requested)" if explicit else " (router)" if route_kind == "auto"
+                                                    else " (effort rule)"))
         return EffortDecision(effort=value, adapter=adapter.name if adapter else None, thinking_budget=budget,
-                              control=control, route="fixed", predicted=None, reason="; ".join(why),
-                              requested=requested, full_effort_tokens=full)
+                              control=control, route=route_kind, predicted=predicted, reason="; ".join(why),
+                              requested=requested, full_effort_tokens=base_full)

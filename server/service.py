@@ -27,6 +27,7 @@ from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatComp
                        Delta, EffortReport, ModelCard, ModelList, ResponseMessage, Usage)
 from .reasoning import Markers, StreamSplitter, split_ids
 from .registry import Adapter, scan
+from .router import BASE, History, Router, RouterError
 
 log = logging.getLogger("effort.service")
 
@@ -39,6 +40,27 @@ class _Choice:
     finish_reason: str | None = None
 
 
+def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
+    """The router named by `spec`; by default the `router` folder of the first adapters path when
+    present (a broken default router is skipped with a log line; a named one must load)."""
+    if spec == "none":
+        return None
+    if spec:
+        router = Router.load(spec)  # RouterError: the server does not start with a broken named router
+    else:
+        folder = Path(adapter_paths[0]) / "router"
+        if not folder.is_dir():
+            return None
+        try:
+            router = Router.load(folder)
+        except RouterError as e:
+            log.warning("router skipped: %s", e)
+            return None
+    log.info("router: %d routes (%s), margin %g", len(router.routes), ", ".join(r.label for r in router.routes),
+             router.margin)
+    return router
+
+
 @dataclass
 class _Prepared:
     prompt_ids: list[int]
@@ -48,6 +70,7 @@ class _Prepared:
     in_think: bool
     model_name: str
     t0: float
+    text: str = ""
 
 
 class Service:
@@ -62,7 +85,9 @@ class Service:
         paths = [p for p in settings.adapters.split(",") if p.strip()] or [default_adapter_dir()]
         self.adapters = scan(paths)
         full = settings.full_effort_tokens or self.manifest.default_full_effort_tokens
-        self.policy = Policy(settings, self.adapters, self.base_name, full)
+        self.router = load_router(settings.router, paths)
+        self.history = History(settings.router_history) if self.router is not None else None
+        self.policy = Policy(settings, self.adapters, self.base_name, full, self.router, self.history)
         self.metrics = Metrics()
         self.llm = None
         self.tokenizer = None
@@ -70,6 +95,9 @@ class Service:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.settings.upstream:
+            await self._start_gateway()
+            return
         prepare_env()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
@@ -86,6 +114,33 @@ class Service:
         self.ready = True
         log.info("ready: model %s, adapters %s", self.base_name, ", ".join(self.adapters) or "none")
 
+    async def _start_gateway(self) -> None:
+        """Gateway mode: the model's tokenizer here (prompts, accounting), generation upstream."""
+        from transformers import AutoTokenizer
+        from vllm import SamplingParams  # noqa: F401 - requests build vLLM's SamplingParams; import it before ready
+
+        from .upstream import UpstreamEngine, UpstreamError
+
+        s = self.settings
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
+        self.max_model_len = self.engine_settings.max_model_len
+        self.llm = UpstreamEngine(s.upstream, s.upstream_model, s.upstream_names(), s.upstream_timeout)
+        try:
+            served = await self.llm.check()
+            if not s.upstream_model:
+                self.llm.model = served[0] if served else self.base_name
+            missing = [self.llm.names.get(a, a) for a in self.adapters if self.llm.names.get(a, a) not in served]
+            if missing:
+                log.warning("upstream %s does not serve adapter(s) %s", s.upstream, ", ".join(missing))
+        except UpstreamError as e:
+            self.llm.model = s.upstream_model or self.base_name
+            log.warning("%s; starting anyway (requests get 502 until it answers)", e.message)
+        self.llm.start_gauges(self.metrics)
+        self.ready = True
+        log.info("ready (gateway to %s, model %s): adapters %s", s.upstream, self.llm.model,
+                 ", ".join(self.adapters) or "none")
+
     @staticmethod
     def _rank(a: Adapter) -> int:
         import json
@@ -95,11 +150,14 @@ class Service:
         except Exception:
             return 8
 
-    def shutdown(self) -> None:
-        if self.llm is not None:
-            self.llm.shutdown()
-            self.llm = None
+    async def shutdown(self) -> None:
         self.ready = False
+        if self.llm is not None:
+            if hasattr(self.llm, "aclose"):  # gateway
+                await self.llm.aclose()
+            else:
+                self.llm.shutdown()
+            self.llm = None
 
     def models(self) -> ModelList:
         cards = [ModelCard(id=self.base_name, root=self.model_path, kind="base")]
@@ -108,7 +166,7 @@ class Service:
         return ModelList(data=cards)
 
     # -- preparation: the one place a request becomes generation settings -------------------
-    def _prepare(self, req, prompt_ids_fn, in_think: bool) -> _Prepared:
+    def _prepare(self, req, prompt_ids_fn, in_think: bool, text: str = "") -> _Prepared:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -117,7 +175,7 @@ class Service:
             raise EngineUnavailable("the engine is not ready")
         decide = lambda max_tokens: self.policy.decide(  # noqa: E731 - same request, one more cap
             model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
-            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens)
+            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens, prompt=text)
         limit = req.output_limit()
         decision = decide(limit)
         adapter = self.adapters.get(decision.adapter) if decision.adapter else None
@@ -140,7 +198,7 @@ class Service:
             seed=req.seed, skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
             thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
-        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0)
+        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text)
 
     def _chat_prompt(self, req: ChatCompletionRequest):
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
@@ -227,12 +285,24 @@ class Service:
         self.metrics.observe(endpoint, d, d.adapter or "base", [c.finish_reason for c in choices.values()],
                              len(p.prompt_ids), [s.reasoning_tokens for s in splits],
                              [s.answer_tokens for s in splits], hits, time.perf_counter() - p.t0, ttft, completion)
+        self._remember(p, splits, hits)
         return usage, report
+
+    def _remember(self, p: _Prepared, splits, hits) -> None:
+        """Online correction: a natural (not budget-cut, closed) full-effort length goes into the
+        history, for the next time this prompt comes to this model."""
+        d = p.decision
+        if self.history is None or d.predicted is None or (d.control is not None and d.effort < 1):
+            return
+        natural = [s.reasoning_tokens for s, h in zip(splits, hits) if s.closed and not h]
+        if natural:
+            self.history.record(d.adapter or BASE, p.text, sum(natural) / len(natural))
 
 
     # -- endpoints --------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http_request=None):
-        p = self._prepare(req, self._chat_prompt(req), in_think=False)
+        users = [m.text() for m in req.messages if m.role == "user"]
+        p = self._prepare(req, self._chat_prompt(req), in_think=False, text=users[-1] if users else "")
         if req.stream:
             return self._chat_stream(req, p)
         choices, ttft = await self._collect_or_abort(p, http_request)
@@ -293,7 +363,7 @@ class Service:
 
     async def completions(self, req: CompletionRequest, http_request=None):
         build, in_think, text = self._completion_prompt(req)
-        p = self._prepare(req, build, in_think=in_think)
+        p = self._prepare(req, build, in_think=in_think, text=text)
         prefix = text if req.echo else ""
         if req.stream:
             return self._completion_stream(req, p, prefix)

