@@ -12,11 +12,68 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from . import errors
 from .config import ServerSettings
 from .engine import EngineSettings
+from .limits import KeyCheck, TooLarge, Unauthorized, load_keys
 from .protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse
 from .service import Service
 
 log = logging.getLogger("effort.app")
-ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 502, 503, 504)}
+
+
+class Guard:
+    """Pure ASGI middleware in front of every route: the API key (on /v1, and on /health and
+    /metrics when protected) and the request-body limit (by Content-Length, or counted while
+    reading a body sent without one). Rejections are OpenAI-shaped and counted in metrics."""
+
+    def __init__(self, app, settings: ServerSettings, keys: KeyCheck, metrics):
+        self.app, self.s, self.keys, self.metrics = app, settings, keys, metrics
+
+    def _protected(self, path: str) -> bool:
+        return path.startswith("/v1") or (path == "/health" and self.s.protect_health) or \
+            (path == "/metrics" and self.s.protect_metrics)
+
+    async def _reject(self, scope, receive, send, exc, reason: str):
+        self.metrics.rejections.labels(reason).inc()
+        self.metrics.errors.labels("guard", str(exc.status)).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        await errors.error_body(exc.status, exc.message, exc.type, exc.param, exc.code, headers)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        hdrs = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.keys.enabled and self._protected(scope["path"]):
+            try:
+                self.keys.check(hdrs.get("authorization"))
+            except Unauthorized as e:
+                return await self._reject(scope, receive, send, e, "auth")
+        limit = self.s.max_body_bytes
+        too_large = TooLarge(f"request body over {limit} bytes")
+        length = hdrs.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await self._reject(scope, receive, send, too_large, "body_size")
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # no Content-Length (chunked): read it here, up to the limit
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+            if len(body) > limit:
+                return await self._reject(scope, receive, send, too_large, "body_size")
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return await self.app(scope, replay, send)
 
 
 def build_app(settings: ServerSettings, engine: EngineSettings, service: Service | None = None) -> FastAPI:
@@ -34,6 +91,8 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
                   description="OpenAI-compatible API with per-request control of reasoning effort.")
     app.state.service = service
     errors.install(app)
+    app.add_middleware(Guard, settings=settings, keys=KeyCheck(load_keys(settings.api_key, settings.api_keys_file)),
+                       metrics=service.metrics)
 
     def _stream(gen):
         async def guarded():

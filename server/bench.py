@@ -6,6 +6,10 @@ alternating; the table shows medians over repeats and the ratio ours / vLLM:
 output tokens/s, p50 / p99 end-to-end latency, p50 time to first token.
 Requests are greedy chat completions at full effort (no budget), so both servers generate the
 same tokens and the difference is serving overhead.
+
+`--upstream`: gateway overhead instead — vLLM's server is the upstream and ours runs as a
+gateway in front of it (`effort serve --upstream`); the same requests go to vLLM directly and
+through the gateway, so the ratio is what the effort layer adds on top of the upstream.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class BenchConfig:
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
     out: str = field(default="", metadata={"help": "also write the table as Markdown to this file"})
+    upstream: bool = field(default=False, metadata={"help": "measure gateway mode: ours in front of vLLM's server vs vLLM directly"})
 
     def __post_init__(self):
         if self.requests < 1 or self.repeats < 1 or self.max_tokens < 1:
@@ -61,9 +66,10 @@ def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], s
     return cmd
 
 
-def _ours_cmd(model: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port),
-            "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
+def _ours_cmd(model: str, port: int, upstream: str = "") -> list[str]:
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port),
+           "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
+    return cmd + (["--upstream", upstream] if upstream else [])
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
@@ -146,7 +152,7 @@ def run_bench(cfg: BenchConfig) -> str:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     urls = {"vllm": f"http://127.0.0.1:{cfg.port}", "ours": f"http://127.0.0.1:{cfg.port + 1}"}
     cmds = {"vllm": vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
-            "ours": _ours_cmd(model, cfg.port + 1)}
+            "ours": _ours_cmd(model, cfg.port + 1, urls["vllm"] if cfg.upstream else "")}
     ready = {}
     try:
         for name in ("vllm", "ours"):  # one at a time: start-up time is part of the table
@@ -171,14 +177,14 @@ def run_bench(cfg: BenchConfig) -> str:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    table = _table(results, ready)
+    table = _table(results, ready, cfg.upstream)
     print(table)
     if cfg.out:
         Path(cfg.out).write_text(table)
     return table
 
 
-def _table(results, ready) -> str:
+def _table(results, ready, upstream: bool = False) -> str:
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     lines = ["| concurrency | stream | server | output tok/s | p50 e2e (s) | p99 e2e (s) | p50 TTFT (s) |",
              "|---:|---|---|---:|---:|---:|---:|"]
@@ -192,5 +198,8 @@ def _table(results, ready) -> str:
         lines.append(f"| {conc} | {'yes' if stream else 'no'} | **ours / vLLM** | **{r['throughput']:.2f}** | "
                      f"**{r['p50']:.2f}** | {r['p99']:.2f} | {r['ttft50']:.2f} |")
     lines.append("")
+    if upstream:
+        lines.append("Gateway mode: `vllm` = vLLM's server called directly, `ours` = the same server through "
+                     "`effort serve --upstream`.")
     lines.append(f"Start-up to ready: vLLM {ready['vllm']:.1f} s, ours {ready['ours']:.1f} s.")
     return "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 
 def _cmd_serve(args) -> int:
     import logging
+    import signal
 
     from server.config import ServerSettings, load_config_file
     from server.engine import EngineSettings
@@ -54,8 +55,11 @@ def _cmd_serve(args) -> int:
     import uvicorn
 
     app = build_app(settings, engine)
+    # uvicorn drains in-flight requests on SIGTERM (up to drain_timeout), then re-raises the signal
+    # under the handler it found: with this one the process then exits 0 instead of dying by it
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=settings.drain_timeout)
     return 0
 
 

@@ -34,6 +34,18 @@ class ServerSettings:
     upstream_model: str = field(default="", metadata={"help": "the upstream's base model name (default: the first model it lists)"})
     upstream_models: str = field(default="", metadata={"help": "JSON map of adapter name -> upstream LoRA model name (default: the same name)"})
     upstream_timeout: float = field(default=600.0, metadata={"help": "seconds an upstream request may take (then 504)"})
+    api_key: str = field(default="", metadata={"help": "API key(s), comma list, required as 'Authorization: Bearer KEY' on /v1 (default: none, or $EFFORT_API_KEYS)"})
+    api_keys_file: str = field(default="", metadata={"help": "file of API keys, one per line"})
+    protect_health: bool = field(default=False, metadata={"help": "require the API key on /health too"})
+    protect_metrics: bool = field(default=False, metadata={"help": "require the API key on /metrics too"})
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body (413 above)"})
+    max_prompt_tokens: int = field(default=0, metadata={"help": "longest prompt in tokens (0: the model's context)"})
+    max_n: int = field(default=16, metadata={"help": "largest n (choices per request)"})
+    max_output_tokens: int = field(default=0, metadata={"help": "largest max_tokens a request may ask for (0: the context)"})
+    max_concurrent: int = field(default=64, metadata={"help": "requests generating at once (0: no limit)"})
+    max_queue: int = field(default=256, metadata={"help": "requests waiting for a slot; beyond: 429 with Retry-After"})
+    request_timeout: float = field(default=600.0, metadata={"help": "seconds a request may take, queue included (then 504)"})
+    drain_timeout: float = field(default=30.0, metadata={"help": "on SIGTERM: stop accepting, let in-flight requests finish for up to this many seconds, then exit"})
     log_level: str = field(default="info", metadata={"help": "log level"})
     config: str = field(default="", metadata={"help": "JSON file of any of these settings"})
 
@@ -45,6 +57,12 @@ class ServerSettings:
             raise ValueError("budget_slack must be > 0; min_budget, max_budget and answer_reserve >= 0")
         if self.router_margin > 1 or self.router_history < 0:
             raise ValueError("router_margin must be <= 1 (-1: calibrated) and router_history >= 0")
+        if min(self.max_body_bytes, self.max_n) < 1 or min(self.max_prompt_tokens, self.max_output_tokens,
+                                                           self.max_concurrent, self.max_queue) < 0:
+            raise ValueError("max_body_bytes and max_n must be >= 1; max_prompt_tokens, max_output_tokens, "
+                             "max_concurrent and max_queue >= 0")
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0")
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError("upstream must be an http:// or https:// URL")
         if self.upstream_timeout <= 0:

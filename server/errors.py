@@ -50,9 +50,10 @@ class EngineUnavailable(APIError):
     status, type, code = 503, "server_error", "engine_unavailable"
 
 
-def error_body(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_body(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+               headers: dict | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -77,7 +78,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError):
-        return error_body(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return error_body(exc.status, exc.message, exc.type, exc.param, exc.code, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

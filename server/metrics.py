@@ -37,6 +37,8 @@ class Metrics:
                              LABELS, registry=r)
         self.router = Counter("effort_router_decisions_total", "Decisions of the difficulty router (effort auto)",
                               ("effort_bucket", "adapter"), registry=r)
+        self.rejections = Counter("effort_rejections_total", "Requests refused by a limit or the API key check",
+                                  ("reason",), registry=r)
         self.router_error = Histogram("effort_router_length_error_tokens",
                                       "|reasoning tokens - the router's prediction| per choice of an auto request",
                                       LABELS, buckets=TOK, registry=r)

@@ -19,6 +19,7 @@ from typing import AsyncIterator
 from .config import ServerSettings
 from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, fork_engine_core, prepare_env
 from .errors import BadRequest, ContextTooLong, EngineUnavailable
+from .limits import Admission, Timeout
 from .manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
 from .policy import EffortDecision, Policy
@@ -71,6 +72,37 @@ class _Prepared:
     model_name: str
     t0: float
     text: str = ""
+    deadline: float = float("inf")
+
+
+class _Released:
+    """A stream that gives its admission slot back when it ends — finished, failed, cancelled
+    by a disconnect, closed, or dropped without ever being iterated."""
+
+    def __init__(self, gen, admission, ticket):
+        self.gen, self.admission, self.ticket = gen, admission, ticket
+
+    def _release(self) -> None:
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.admission.release(ticket)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.gen.__anext__()
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        self._release()
+        await self.gen.aclose()
+
+    def __del__(self):
+        self._release()
 
 
 class Service:
@@ -89,6 +121,7 @@ class Service:
         self.history = History(settings.router_history) if self.router is not None else None
         self.policy = Policy(settings, self.adapters, self.base_name, full, self.router, self.history)
         self.metrics = Metrics()
+        self.admission = Admission(settings.max_concurrent, settings.max_queue)
         self.llm = None
         self.tokenizer = None
         self.ready = False
@@ -166,8 +199,9 @@ class Service:
         return ModelList(data=cards)
 
     # -- preparation: the one place a request becomes generation settings -------------------
-    def _prepare(self, req, prompt_ids_fn, in_think: bool, text: str = "") -> _Prepared:
+    def _prepare(self, req, prompt_ids_fn, in_think: bool, text: str = "", arrived: float | None = None) -> _Prepared:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         t0 = time.perf_counter()
@@ -177,28 +211,45 @@ class Service:
             model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
             thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens, prompt=text)
         limit = req.output_limit()
+        s = self.settings
+        if req.n > s.max_n:
+            raise BadRequest(f"n={req.n} is over this server's limit of {s.max_n}", "n", code="limit_exceeded")
+        if s.max_output_tokens and limit is not None and limit > s.max_output_tokens:
+            raise BadRequest(f"max_tokens={limit} is over this server's limit of {s.max_output_tokens}",
+                             "max_tokens", code="limit_exceeded")
         decision = decide(limit)
         adapter = self.adapters.get(decision.adapter) if decision.adapter else None
         prompt_ids = prompt_ids_fn(adapter, decision)
+        if s.max_prompt_tokens and len(prompt_ids) > s.max_prompt_tokens:
+            raise ContextTooLong(f"the prompt has {len(prompt_ids)} tokens; this server's limit is {s.max_prompt_tokens}",
+                                 "messages" if hasattr(req, "messages") else "prompt")
         room = self.max_model_len - len(prompt_ids)
         if room <= 0 or (limit is not None and limit > room):
             want = f"{len(prompt_ids)} in the prompt" + (f" + {limit} for the completion" if limit else "")
             raise ContextTooLong(f"this model's maximum context length is {self.max_model_len} tokens; "
                                  f"the request needs {want}", "messages" if hasattr(req, "messages") else "prompt")
         if limit is None:  # no output limit: the rest of the context is the limit, reserve included
+            room = min(room, s.max_output_tokens or room)
             decision = decide(room)
         max_tokens = limit or room
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         # precedence: request → OpenAI default (temperature 1, top_p 1)
-        params = SamplingParams(
-            n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=stop or None,
-            # streaming needs every step; a non-streamed request only its final output (like
-            # vLLM's own server), which spares a wake-up and a split per token per request
-            seed=req.seed, skip_special_tokens=False,
-            output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
-            thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
-        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text)
+        try:
+            params = SamplingParams(
+                n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=stop or None,
+                # streaming needs every step; a non-streamed request only its final output (like
+                # vLLM's own server), which spares a wake-up and a split per token per request
+                seed=req.seed, skip_special_tokens=False,
+                output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+                thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
+        except (ValueError, TypeError, VLLMClientError) as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
+            msg = e.args[0] if e.args else str(e)
+            param = getattr(e, "parameter", None) or next(
+                (f for f in ("n", "temperature", "top_p", "seed", "stop", "max_tokens") if msg.startswith(f + " ")), None)
+            raise BadRequest(msg.split("\n")[0], param, code="invalid_request") from None
+        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
+                         (arrived or t0) + s.request_timeout)
 
     def _chat_prompt(self, req: ChatCompletionRequest):
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
@@ -245,6 +296,24 @@ class Service:
             self.metrics.in_flight.dec()
             if not finished:
                 await self.llm.abort(rid)
+
+    async def _deadline(self, gen, p: _Prepared):
+        """`gen`'s items until the request's deadline; then close it (which aborts the engine
+        request) and raise 504."""
+        try:
+            while True:
+                left = p.deadline - time.perf_counter()
+                try:
+                    item = await asyncio.wait_for(gen.__anext__(), timeout=max(left, 0.001))
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    self.metrics.rejections.labels("timeout").inc()
+                    raise Timeout(f"the request took longer than this server's limit of "
+                                  f"{self.settings.request_timeout:g} s") from None
+                yield item
+        finally:
+            await gen.aclose()
 
     async def _collect(self, p: _Prepared) -> tuple[dict[int, _Choice], float | None]:
         choices = {i: _Choice() for i in range(p.params.n)}
@@ -300,12 +369,30 @@ class Service:
 
 
     # -- endpoints --------------------------------------------------------------------------
+    async def _admit(self):
+        try:
+            return await self.admission.enter()
+        except Exception:
+            self.metrics.rejections.labels("overloaded").inc()
+            raise
+
+    def _released(self, gen, ticket):
+        return _Released(gen, self.admission, ticket)
+
     async def chat(self, req: ChatCompletionRequest, http_request=None):
-        users = [m.text() for m in req.messages if m.role == "user"]
-        p = self._prepare(req, self._chat_prompt(req), in_think=False, text=users[-1] if users else "")
-        if req.stream:
-            return self._chat_stream(req, p)
-        choices, ttft = await self._collect_or_abort(p, http_request)
+        arrived = time.perf_counter()
+        ticket = await self._admit()
+        try:
+            users = [m.text() for m in req.messages if m.role == "user"]
+            p = self._prepare(req, self._chat_prompt(req), in_think=False, text=users[-1] if users else "",
+                              arrived=arrived)
+            if req.stream:
+                gen, ticket = self._released(self._chat_stream(req, p), ticket), None
+                return gen
+            choices, ttft = await self._collect_or_abort(p, http_request)
+        finally:
+            if ticket is not None:
+                self.admission.release(ticket)
         usage, report = self._account("chat", p, choices, ttft)
         out = []
         for i, c in choices.items():
@@ -322,7 +409,7 @@ class Service:
 
         splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
         final_only = p.params.output_kind == RequestOutputKind.FINAL_ONLY
-        async for out in self._generate(p):
+        async for out in self._deadline(self._generate(p), p):
             if final_only and timing.get("ttft") is None:  # the engine timed the first token
                 timing["ttft"] = getattr(getattr(out, "metrics", None), "first_token_latency", None) or None
             for o in out.outputs:
@@ -362,12 +449,19 @@ class Service:
         yield "data: [DONE]\n\n"
 
     async def completions(self, req: CompletionRequest, http_request=None):
-        build, in_think, text = self._completion_prompt(req)
-        p = self._prepare(req, build, in_think=in_think, text=text)
-        prefix = text if req.echo else ""
-        if req.stream:
-            return self._completion_stream(req, p, prefix)
-        choices, ttft = await self._collect_or_abort(p, http_request)
+        arrived = time.perf_counter()
+        ticket = await self._admit()
+        try:
+            build, in_think, text = self._completion_prompt(req)
+            p = self._prepare(req, build, in_think=in_think, text=text, arrived=arrived)
+            prefix = text if req.echo else ""
+            if req.stream:
+                gen, ticket = self._released(self._completion_stream(req, p, prefix), ticket), None
+                return gen
+            choices, ttft = await self._collect_or_abort(p, http_request)
+        finally:
+            if ticket is not None:
+                self.admission.release(ticket)
         usage, report = self._account("completions", p, choices, ttft)
         out = []
         for i, c in choices.items():

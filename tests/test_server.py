@@ -180,9 +180,10 @@ LONG = "a1 " * 2000
     ({"max_tokens": 5000}, 400, "messages"),
     ({"n": 0}, 400, "n"),
     ({"temperature": -1}, 400, "temperature"),
+    ({"n": 2, "temperature": 0}, 400, "n"),
 ], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
-        "negative-temperature"])
+        "negative-temperature", "n-greedy"])
 def test_bad_input_gets_openai_error(server, body, status, param):
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "a1 b2"}], **body}
     payload = {k: v for k, v in payload.items() if v is not None}
