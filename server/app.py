@@ -18,6 +18,10 @@ from .service import Service
 
 log = logging.getLogger("effort.app")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 502, 503, 504)}
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"}}}
+STREAMS = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                 "description": "JSON, or server-sent events when `stream` is true"}}
 
 
 class Guard:
@@ -113,25 +117,27 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
             return Response(status_code=499)
         return _stream(result) if hasattr(result, "__aiter__") else result
 
-    @app.post("/v1/chat/completions", responses=ERRORS)
+    @app.post("/v1/chat/completions", responses={**ERRORS, **STREAMS})
     async def chat(req: ChatCompletionRequest, request: Request):
         return await _run(service.chat(req, request), "chat")
 
-    @app.post("/v1/completions", responses=ERRORS)
+    @app.post("/v1/completions", responses={**ERRORS, **STREAMS})
     async def completions(req: CompletionRequest, request: Request):
         return await _run(service.completions(req, request), "completions")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={401: {"model": ErrorResponse}})
     async def models():
         return service.models()
 
-    @app.get("/health")
+    @app.get("/health", responses={401: {"model": ErrorResponse}, 503: {"description": "the engine is starting"}})
     async def health():
         if not service.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok", "model": service.base_name, "adapters": list(service.adapters)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}, 401: {"model": ErrorResponse}})
     async def metrics():
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

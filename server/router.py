@@ -189,6 +189,7 @@ class Router:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".router.", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, folder / ROUTER_NPZ)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".router.", suffix=".json")
         with os.fdopen(fd, "w") as f:

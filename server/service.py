@@ -270,6 +270,8 @@ class Service:
         if len(prompts) != 1:
             raise BadRequest("one prompt per request is supported; send a list of one string or a string", "prompt")
         text = prompts[0]
+        if not text:
+            raise BadRequest("prompt must not be empty", "prompt")
         s, e = self.manifest.think_start, self.manifest.think_end
         in_think = text.rfind(s) > text.rfind(e)
 
@@ -292,6 +294,12 @@ class Service:
                 yield out
         except (ValueError, TypeError) as e:  # vLLM's own validation of a request
             raise BadRequest(str(e)) from None
+        except Exception as e:
+            from vllm.exceptions import VLLMClientError
+
+            if isinstance(e, VLLMClientError):
+                raise BadRequest(e.args[0] if e.args else str(e), getattr(e, "parameter", None)) from None
+            raise
         finally:
             self.metrics.in_flight.dec()
             if not finished:

@@ -85,6 +85,15 @@ def quick_adapters(model_dir, tmp_path_factory) -> Path:
     return folder
 
 
+SERVER_PID: dict = {}
+
+
+@pytest.fixture(scope="session")
+def server_pid(server) -> int:
+    """The process id of the session's `effort serve` (its engine core is a child)."""
+    return SERVER_PID["pid"]
+
+
 @pytest.fixture(scope="session")
 def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
     """A real `effort serve` process on the embedded model (one per session): the shipped adapters
@@ -116,6 +125,7 @@ def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
         proc.kill()
         raise RuntimeError("server did not become ready in 180 s")
     print(f"\nserver ready in {time.time() - t0:.1f} s")
+    SERVER_PID["pid"] = proc.pid
     yield base
     proc.terminate()
     try:

@@ -232,6 +232,10 @@ def plot(groups: dict[tuple[str, str], list[dict]], path: Path, title: str = "")
         by_adapter.setdefault(adapter, []).append((s["mean_reasoning"], 100 * s["accuracy"], setting))
     for adapter, pts in by_adapter.items():
         pts.sort()
+        if adapter.startswith("auto"):  # the router's choice: one point, drawn on top
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*", markersize=18, linestyle="none",
+                    label=adapter, zorder=5, markeredgecolor="black")
+            continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
         for x, y, lab in pts:
             ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)

@@ -19,7 +19,8 @@ length per model, accuracy-head log-loss) goes into the router's manifest.
 Calibrate (held-out records the fit never saw): for each prompt and every route the records hold
 the real outcome, so a policy margin can be replayed exactly; the margin kept is the one with the
 fewest realised tokens whose realised accuracy is within `tolerance` of the best fixed route's
-accuracy on that split. Nothing is hand-set.
+accuracy on that split (where margins cost within 1% of the same tokens, the most accurate; of
+equally good ones, the middle). Nothing is hand-set.
 """
 
 from __future__ import annotations
@@ -318,7 +319,15 @@ def run_calibrate(cfg: RouterCalibrateConfig, log=print) -> dict:
     grid = sorted({0.0, *np.round(np.linspace(0, 0.5, 51), 3).tolist()})
     trials = [(m, *replay(router, table, m)) for m in grid]
     ok = [t for t in trials if t[1] >= best_acc - cfg.tolerance - 1e-12]
-    margin, acc, tok = min(ok, key=lambda t: (t[2], -t[1])) if ok else max(trials, key=lambda t: (t[1], -t[2]))
+    if ok:  # the fewest tokens within tolerance; where tokens barely differ (1%), the most accurate;
+        # among equally good margins the middle one (robust to the split's noise)
+        cheap = min(t[2] for t in ok)
+        near = [t for t in ok if t[2] <= cheap * 1.01 + 1e-9]
+        top = max(t[1] for t in near)
+        plateau = [t for t in near if t[1] >= top - 1e-12]
+        margin, acc, tok = plateau[len(plateau) // 2]
+    else:
+        margin, acc, tok = max(trials, key=lambda t: (t[1], -t[2]))
     # held-out length quality
     length_q = {}
     for m in router.models:
