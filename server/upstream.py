@@ -3,8 +3,8 @@
 `effort serve --upstream URL` keeps everything of ours — policy, router, budgets, accounting,
 metrics, errors — and replaces the in-process engine with `UpstreamEngine`, which speaks the
 same small interface the service uses (`generate` yielding vLLM-shaped outputs, `abort`,
-`shutdown`). Each request goes upstream as a streamed ``/v1/completions`` call with the prompt as
-token ids (rendered here with the model's own chat template, so prompt accounting and adapter
+`shutdown`). Each request goes upstream as a ``/v1/completions`` call (streamed when the client streams)
+with the prompt as token ids (rendered here with the model's own chat template, so prompt accounting and adapter
 controls are identical to in-process serving), the thinking budget as vLLM's
 ``thinking_token_budget``, and ``return_token_ids`` so reasoning tokens are counted from ids.
 Adapters map to the upstream's LoRA model names (same name unless `upstream_models` maps them).
@@ -102,10 +102,26 @@ class UpstreamEngine:
         return self.names.get(lora_request.lora_name, lora_request.lora_name)
 
     async def generate(self, prompt: dict, params, request_id: str, lora_request=None):
-        body = {"model": self.model_for(lora_request), "prompt": list(prompt["prompt_token_ids"]), "stream": True,
-                **sampling_to_json(params)}
+        from vllm.sampling_params import RequestOutputKind
+
+        final_only = params.output_kind == RequestOutputKind.FINAL_ONLY
+        body = {"model": self.model_for(lora_request), "prompt": list(prompt["prompt_token_ids"]),
+                "stream": not final_only, **sampling_to_json(params)}
         t0 = time.perf_counter()
         first = True
+        if final_only:  # one upstream response, as vLLM's own server answers a non-streamed request
+            try:
+                r = await self.client.post("/v1/completions", json=body, headers={"x-request-id": request_id})
+            except httpx.TimeoutException:
+                raise UpstreamError(f"upstream {self.url} timed out", 504, "upstream_timeout") from None
+            except httpx.HTTPError as e:
+                raise UpstreamError(f"upstream {self.url} failed: {e.__class__.__name__}: {e}") from None
+            if r.status_code != 200:
+                raise self._error(r)
+            outs = [_Out(c["index"], list(c.get("token_ids") or []), c.get("text") or "", c.get("finish_reason"))
+                    for c in r.json().get("choices", [])]
+            yield _RequestOutput(outs, finished=True)
+            return
         try:
             async with self.client.stream("POST", "/v1/completions", json=body,
                                           headers={"x-request-id": request_id}) as r:

@@ -65,7 +65,8 @@ def gateway(vllm_upstream, model_dir, tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
-           "--adapters", str(REPO / "adapters" / "dler"), "--port", str(port), "--log-level", "warning"]
+           "--adapters", str(REPO / "adapters" / "dler"), "--router", str(REPO / "adapters" / "router"),
+           "--port", str(port), "--log-level", "warning"]  # the in-process server's router: the same budgets
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "gateway.log", url)
     yield url
     _stop(proc)
