@@ -72,7 +72,8 @@ def _ours_cmd(model: str, port: int, upstream: str = "") -> list[str]:
     return cmd + (["--upstream", upstream] if upstream else [])
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300, path: str = "/health") -> float:
+    """Seconds until GET url+path answers 200 (RuntimeError if the process exits or time runs out)."""
     import httpx
 
     t0 = time.time()
@@ -80,7 +81,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
         if proc.poll() is not None:
             raise RuntimeError(f"server {url} exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if httpx.get(url + path, timeout=1).status_code == 200:
                 return time.time() - t0
         except httpx.HTTPError:
             pass

@@ -61,8 +61,8 @@ class ServerSettings:
                                                            self.max_concurrent, self.max_queue) < 0:
             raise ValueError("max_body_bytes and max_n must be >= 1; max_prompt_tokens, max_output_tokens, "
                              "max_concurrent and max_queue >= 0")
-        if self.request_timeout <= 0:
-            raise ValueError("request_timeout must be > 0")
+        if self.request_timeout <= 0 or self.drain_timeout < 0:
+            raise ValueError("request_timeout must be > 0 and drain_timeout >= 0")
         if self.upstream and not self.upstream.startswith(("http://", "https://")):
             raise ValueError("upstream must be an http:// or https:// URL")
         if self.upstream_timeout <= 0:

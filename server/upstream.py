@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -56,6 +57,12 @@ class _RequestOutput:
     metrics: _Metrics = field(default_factory=_Metrics)
 
 
+def _outs(body: dict) -> list[_Out]:
+    """The choices of an upstream completion response or stream chunk (with token ids)."""
+    return [_Out(c["index"], list(c.get("token_ids") or []), c.get("text") or "", c.get("finish_reason"))
+            for c in body.get("choices", [])]
+
+
 def sampling_to_json(params) -> dict:
     """The fields of a vLLM `SamplingParams` the OpenAI completions API carries."""
     body = {"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
@@ -84,14 +91,20 @@ class UpstreamEngine:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
         self._gauges: asyncio.Task | None = None
 
-    async def check(self) -> list[str]:
-        """The upstream's served model names (raises UpstreamError when it does not answer)."""
+    @contextmanager
+    def _transport_errors(self):
+        """httpx timeouts → 504, any other transport failure → 502."""
         try:
-            r = await self.client.get("/v1/models")
+            yield
         except httpx.TimeoutException:
             raise UpstreamError(f"upstream {self.url} timed out", 504, "upstream_timeout") from None
         except httpx.HTTPError as e:
-            raise UpstreamError(f"upstream {self.url} is unreachable: {e.__class__.__name__}") from None
+            raise UpstreamError(f"upstream {self.url} failed: {e.__class__.__name__}: {e}") from None
+
+    async def check(self) -> list[str]:
+        """The upstream's served model names (raises UpstreamError when it does not answer)."""
+        with self._transport_errors():
+            r = await self.client.get("/v1/models")
         if r.status_code != 200:
             raise UpstreamError(f"upstream {self.url}/v1/models answered {r.status_code}")
         return [m["id"] for m in r.json().get("data", [])]
@@ -110,19 +123,14 @@ class UpstreamEngine:
         t0 = time.perf_counter()
         first = True
         if final_only:  # one upstream response, as vLLM's own server answers a non-streamed request
-            try:
+            with self._transport_errors():
                 r = await self.client.post("/v1/completions", json=body, headers={"x-request-id": request_id})
-            except httpx.TimeoutException:
-                raise UpstreamError(f"upstream {self.url} timed out", 504, "upstream_timeout") from None
-            except httpx.HTTPError as e:
-                raise UpstreamError(f"upstream {self.url} failed: {e.__class__.__name__}: {e}") from None
             if r.status_code != 200:
                 raise self._error(r)
-            outs = [_Out(c["index"], list(c.get("token_ids") or []), c.get("text") or "", c.get("finish_reason"))
-                    for c in r.json().get("choices", [])]
+            outs = _outs(r.json())
             yield _RequestOutput(outs, finished=True)
             return
-        try:
+        with self._transport_errors():
             async with self.client.stream("POST", "/v1/completions", json=body,
                                           headers={"x-request-id": request_id}) as r:
                 if r.status_code != 200:
@@ -138,8 +146,7 @@ class UpstreamEngine:
                     if "error" in chunk:
                         err = chunk["error"]
                         raise UpstreamError(f"upstream error: {err.get('message', err)}")
-                    outs = [_Out(c["index"], list(c.get("token_ids") or []), c.get("text") or "", c.get("finish_reason"))
-                            for c in chunk.get("choices", [])]
+                    outs = _outs(chunk)
                     if not outs:
                         continue
                     out = _RequestOutput(outs)
@@ -147,10 +154,6 @@ class UpstreamEngine:
                         out.metrics.first_token_latency = time.perf_counter() - t0
                         first = False
                     yield out
-        except httpx.TimeoutException:
-            raise UpstreamError(f"upstream {self.url} timed out", 504, "upstream_timeout") from None
-        except httpx.HTTPError as e:
-            raise UpstreamError(f"upstream {self.url} failed: {e.__class__.__name__}: {e}") from None
         yield _RequestOutput([], finished=True)
 
     @staticmethod

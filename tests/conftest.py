@@ -33,14 +33,6 @@ def task():
     return DigitsTask()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_noisy_adapter(model_dir: Path, folder: Path, name: str = "noisy", seed: int = 0) -> Path:
     """A real peft LoRA on the embedded model with random B (so it changes outputs)."""
     import torch
@@ -98,41 +90,21 @@ def server_pid(server) -> int:
 def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
     """A real `effort serve` process on the embedded model (one per session): the shipped adapters
     and router (adapters/), the test adapters and the quick-trained ones."""
-    import subprocess
     import sys
     import time
 
-    import httpx
+    from procs import free_port, start, stop
 
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                             "--adapters", f"{REPO / 'adapters'},{adapter_dir},{quick_adapters}",
-                             "--log-level", "warning"],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    while time.time() - t0 < 180:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {open(log.name).read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become ready in 180 s")
+    t0 = time.time()
+    proc = start([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
+                  "--adapters", f"{REPO / 'adapters'},{adapter_dir},{quick_adapters}", "--log-level", "warning"],
+                 tmp_path_factory.mktemp("logs") / "server.log", base, timeout=180)
     print(f"\nserver ready in {time.time() - t0:.1f} s")
     SERVER_PID["pid"] = proc.pid
     yield base
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop(proc)
 
 
 @pytest.fixture(scope="session")

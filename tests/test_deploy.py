@@ -5,7 +5,6 @@ PromQL expression of the Grafana dashboard and of the alert rules."""
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from procs import free_port, start, stop
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -98,15 +98,9 @@ def alert_exprs() -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     d = tmp_path_factory.mktemp("prometheus")
     target = server.split("//")[1]
     shutil.copy(DEPLOY / "prometheus" / "alerts.yml", d / "alerts.yml")
@@ -115,25 +109,12 @@ def prometheus(server, tmp_path_factory):
     cfg["rule_files"] = [str(d / "alerts.yml")]
     cfg["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
     (d / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    log = open(d / "prometheus.log", "w")
-    proc = subprocess.Popen([_tool("prometheus"), f"--config.file={d / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={d / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail("prometheus did not start: " + (d / "prometheus.log").read_text()[-2000:])
+    proc = start([_tool("prometheus"), f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{port}"], d / "prometheus.log", url, ready_path="/-/ready",
+                 timeout=60)
     yield url
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    stop(proc, 20)
 
 
 def _load(server: str, seconds: float) -> int:

@@ -4,8 +4,6 @@ the same tokens as in-process serving â€” budgets, adapters, streaming, usage â€
 upstream that is down or slow into 502 / 504 in OpenAI's error shape."""
 
 import json
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -15,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.bench import vllm_cmd, wait_ready
+from procs import free_port, start, stop
+from server.bench import vllm_cmd
 from server.engine import EngineSettings, prepare_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,53 +22,32 @@ MODEL = "effort-tiny"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd, log_path: Path, url: str, timeout: float = 300) -> subprocess.Popen:
+def _start(cmd, log_path: Path, url: str):
     prepare_env()  # vLLM's CPU settings (KV cache size, no thread binding) for the vLLM server too
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(url, proc, timeout)
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError(log_path.read_text()[-3000:]) from None
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return start(cmd, log_path, url)
 
 
 @pytest.fixture(scope="module")
 def vllm_upstream(model_dir, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = vllm_cmd(str(model_dir), port, EngineSettings(), ("<think>", "</think>"), served=MODEL,
                    loras={"dler": str(REPO / "adapters" / "dler")})
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "vllm.log", url)
     yield url
-    _stop(proc)
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
 def gateway(vllm_upstream, model_dir, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
            "--adapters", str(REPO / "adapters" / "dler"), "--router", str(REPO / "adapters" / "router"),
            "--port", str(port), "--log-level", "warning"]  # the in-process server's router: the same budgets
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "gateway.log", url)
     yield url
-    _stop(proc)
+    stop(proc)
 
 
 def chat(url, question, stream=False, **extra):
@@ -175,7 +153,7 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
     fake = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     up = f"http://127.0.0.1:{fake.server_address[1]}"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start([sys.executable, "-m", "server.cli", "serve", "--upstream", up, "--model", str(model_dir),
                    "--adapters", "/nonexistent", "--upstream-timeout", "1", "--port", str(port),
@@ -194,4 +172,4 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
         assert final is None  # the stream carries an error event instead of a usage chunk
         assert httpx.get(f"{url}/health").status_code == 200
     finally:
-        _stop(proc)
+        stop(proc)

@@ -5,7 +5,6 @@ protected health and metrics), adapter-name injection."""
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from procs import free_port, start, stop
 from server.limits import Admission, KeyCheck, Overloaded, Unauthorized, load_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,42 +23,22 @@ LIMITS = dict(max_body_bytes=4096, max_prompt_tokens=200, max_n=8, max_output_to
               max_queue=2, request_timeout=1.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_secured(model_dir, log_path, **extra):
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
             "--adapters", str(REPO / "adapters"), "--api-key", f"other-key,{KEY}", "--protect-metrics",
             "--log-level", "warning"]
     for k, v in {**LIMITS, **extra}.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < 180:
-        if proc.poll() is not None:
-            raise RuntimeError(open(log_path).read()[-3000:])
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("secured server not ready")
+    return start(args, log_path, url, timeout=180), url
 
 
 @pytest.fixture(scope="module")
 def secured(model_dir, tmp_path_factory):
     proc, url = start_secured(model_dir, tmp_path_factory.mktemp("logs") / "secured.log")
     yield url
-    proc.terminate()
-    proc.wait(60)
+    stop(proc, 60)
 
 
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -272,5 +252,4 @@ def test_fuzz_with_schemathesis_finds_no_5xx_and_no_schema_violation(model_dir, 
         assert r.returncode == 0 and m, out[-4000:]
         assert int(m.group(1)) >= 1000 and m.group(1) == m.group(2), m.group(0)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        stop(proc, 60)

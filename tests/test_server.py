@@ -1,7 +1,5 @@
 """The live server, driven by the official `openai` client (sync and streaming)."""
 
-import json
-
 import httpx
 import pytest
 from transformers import AutoTokenizer
