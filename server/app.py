@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -80,12 +81,21 @@ class Guard:
         return await self.app(scope, replay, send)
 
 
+def freeze_startup_heap() -> None:
+    """Move everything allocated while starting (vLLM, torch, the tokenizer: millions of objects)
+    out of the garbage collector's sight, as vLLM's own server does: otherwise each oldest-
+    generation collection walks them all and stalls every stream in flight."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_app(settings: ServerSettings, engine: EngineSettings, service: Service | None = None) -> FastAPI:
     service = service or Service(settings, engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
+        freeze_startup_heap()
         try:
             yield
         finally:

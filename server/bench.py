@@ -141,8 +141,8 @@ def run_bench(cfg: BenchConfig) -> str:
     from .engine import prepare_env
     from .manifest import ModelManifest
 
-    prepare_env()
     model = cfg.model or default_model()
+    prepare_env(model)
     try:
         m = ModelManifest.read(model)
         think = (m.think_start, m.think_end)

@@ -8,6 +8,7 @@ top-level `effort` report on responses.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -201,3 +202,36 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+# --- streaming: one SSE line per token, so the per-chunk JSON is written directly ----------
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class ChunkWriter:
+    """The SSE lines of one stream's token chunks, byte for byte what `ChatCompletionChunk` /
+    `CompletionChunk` would dump (``exclude_none``), without building a pydantic model per token
+    (the models stay the schema; tests check the two agree). Field order follows the models."""
+
+    def __init__(self, obj: Literal["chat.completion.chunk", "text_completion"], id: str, created: int, model: str):
+        self.head = f'data: {{"id":{_encode(id)},"object":"{obj}","created":{int(created)},"model":{_encode(model)},"choices":[{{"index":'
+
+    def chat(self, index: int, role: str | None = None, content: str | None = None, reasoning: str | None = None,
+             finish_reason: str | None = None) -> str:
+        """A chat delta; `reasoning` fills both `reasoning` and `reasoning_content`."""
+        delta = {}
+        if role is not None:
+            delta["role"] = role
+        if content is not None:
+            delta["content"] = content
+        if reasoning is not None:
+            delta["reasoning"] = delta["reasoning_content"] = reasoning
+        finish = f',"finish_reason":{_encode(finish_reason)}' if finish_reason is not None else ""
+        return f'{self.head}{index},"delta":{_encode(delta)}{finish}}}]}}\n\n'
+
+    def completion(self, index: int, text: str, reasoning: str | None = None, finish_reason: str | None = None) -> str:
+        tail = f',"finish_reason":{_encode(finish_reason)}' if finish_reason is not None else ""
+        if reasoning is not None:
+            r = _encode(reasoning)
+            tail += f',"reasoning":{r},"reasoning_content":{r}'
+        return f'{self.head}{index},"text":{_encode(text)}{tail}}}]}}\n\n'

@@ -23,9 +23,9 @@ from .limits import Admission, Timeout
 from .manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
 from .policy import EffortDecision, Policy
-from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
+from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkWriter,
                        Completion, CompletionChoice, CompletionChunk, CompletionRequest, CompletionTokensDetails,
-                       Delta, EffortReport, ModelCard, ModelList, ResponseMessage, Usage)
+                       EffortReport, ModelCard, ModelList, ResponseMessage, Usage)
 from .reasoning import Markers, StreamSplitter, split_ids
 from .registry import Adapter, scan
 from .router import BASE, History, Router, RouterError
@@ -131,7 +131,7 @@ class Service:
         if self.settings.upstream:
             await self._start_gateway()
             return
-        prepare_env()
+        prepare_env(self.engine_settings.model or default_model())
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -307,15 +307,20 @@ class Service:
 
     async def _deadline(self, gen, p: _Prepared):
         """`gen`'s items until the request's deadline; then close it (which aborts the engine
-        request) and raise 504."""
+        request) and raise 504. One timer per item, no extra task (this runs once per token)."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + (p.deadline - time.perf_counter())
         try:
             while True:
-                left = p.deadline - time.perf_counter()
+                timer = asyncio.timeout_at(at)
                 try:
-                    item = await asyncio.wait_for(gen.__anext__(), timeout=max(left, 0.001))
+                    async with timer:
+                        item = await gen.__anext__()
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
                     self.metrics.rejections.labels("timeout").inc()
                     raise Timeout(f"the request took longer than this server's limit of "
                                   f"{self.settings.request_timeout:g} s") from None
@@ -438,18 +443,14 @@ class Service:
         choices = {i: _Choice() for i in range(p.params.n)}
         timing: dict = {}
 
-        def chunk(i: int, delta: Delta, finish: str | None = None) -> str:
-            c = ChatCompletionChunk(id=rid, created=created, model=p.model_name,
-                                    choices=[ChunkChoice(index=i, delta=delta, finish_reason=finish)])
-            return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
-
+        w = ChunkWriter("chat.completion.chunk", rid, created, p.model_name)
         for i in choices:
-            yield chunk(i, Delta(role="assistant", content=""))
+            yield w.chat(i, role="assistant", content="")
         async for i, r, a, finish in self._pieces(p, choices, timing):
             if r or a:
-                yield chunk(i, Delta(content=a or None, reasoning=r or None, reasoning_content=r or None))
+                yield w.chat(i, content=a or None, reasoning=r or None)
             if finish:
-                yield chunk(i, Delta(), finish)
+                yield w.chat(i, finish_reason=finish)
         usage, report = self._account("chat", p, choices, timing.get("ttft"))
         final = ChatCompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
                                     usage=usage if include_usage else None, effort=report)
@@ -485,17 +486,13 @@ class Service:
         choices = {i: _Choice() for i in range(p.params.n)}
         timing: dict = {}
 
-        def chunk(i: int, text: str, reasoning: str | None, finish: str | None = None) -> str:
-            c = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[CompletionChoice(
-                index=i, text=text, finish_reason=finish, reasoning=reasoning, reasoning_content=reasoning)])
-            return f"data: {c.model_dump_json(exclude_none=True)}\n\n"
-
+        w = ChunkWriter("text_completion", rid, created, p.model_name)
         if prefix:
             for i in choices:
-                yield chunk(i, prefix, None)
+                yield w.completion(i, prefix)
         async for i, r, a, finish in self._pieces(p, choices, timing):
             if r or a or finish:
-                yield chunk(i, a, r or None, finish)
+                yield w.completion(i, a, r or None, finish)
         usage, report = self._account("completions", p, choices, timing.get("ttft"))
         final = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
                                 usage=usage if include_usage else None, effort=report)

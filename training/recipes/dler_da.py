@@ -21,6 +21,15 @@ shortest reliable path), the tightened limit (≈ 27 tokens on average late in t
 all of them, 90–95% of groups are dropped, and nothing shorter and correct is ever sampled to
 reward. Open: a shorter style that stays in the sampling distribution (the base's two-digit
 "compact" steps, 7% of its training data, vanish from the rollouts within ~30 steps).
+
+Two limits relative to the prompt's own length were tried (not shipped; 90 steps each, counts of
+correct rollouts shorter than the plain chain per 640): (a) L(x) = 0.85 × the running mean
+correct length on prompts solved ≥ 75%: 22 → 13 → 16 → 5 → 1 by step 40, then 100% of groups
+dropped (all rollouts the plain chain, all over the limit); (b) only rollouts within 10% of the
+shortest correct sibling paid on prompts solved ≥ 75% (HAPO-like): 22 → 15 → 15 → 7 → 4 → 0 by
+step 50. Both reward the shorter path when it is sampled, but the style is chosen by one
+shared first step and loses on the mid and hard prompts (where compact is unreliable) faster
+than it wins on the easy ones; a base that keeps the shorter style alive is the way forward.
 """
 
 from __future__ import annotations
