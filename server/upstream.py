@@ -182,6 +182,11 @@ class UpstreamEngine:
                         yield out
                     if done:
                         break
+                merged = {}
+                if not done and rest:  # a last line without its newline
+                    _merge(rest, merged)
+                if merged:
+                    yield _RequestOutput(list(merged.values()))
         yield _RequestOutput([], finished=True)
 
     @staticmethod

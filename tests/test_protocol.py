@@ -1,4 +1,5 @@
-"""The per-token SSE writer is byte-identical to the pydantic chunk models it stands in for."""
+"""SSE lines: the per-token writer is byte-identical to the pydantic chunk models it stands in for,
+and upstream events that arrived together are merged per choice."""
 
 import pytest
 
@@ -28,3 +29,26 @@ def test_completion_chunk_matches_model(text, reasoning, finish):
     model = CompletionChunk(id="cmpl-1", created=5, model="bench", choices=[CompletionChoice(
         index=0, text=text, finish_reason=finish, reasoning=reasoning, reasoning_content=reasoning)])
     assert w.completion(0, text, reasoning, finish) == f"data: {model.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _line(index, text, ids, finish=None):
+    import json
+    return ("data: " + json.dumps({"id": "cmpl-1", "object": "text_completion", "choices": [
+        {"index": index, "text": text, "token_ids": ids, "finish_reason": finish}]})).encode()
+
+
+def test_upstream_events_that_arrived_together_are_merged_per_choice():
+    from server.upstream import _merge
+    merged = {}
+    for line in (_line(0, " a", [1]), b"", _line(1, "x", [7]), _line(0, "3", [2, 3]), b": keep-alive",
+                 _line(0, ">", [4], "stop")):
+        assert _merge(line, merged) is False
+    assert [(o.index, o.text, o.token_ids, o.finish_reason) for o in merged.values()] == [
+        (0, " a3>", [1, 2, 3, 4], "stop"), (1, "x", [7], None)]
+    assert _merge(b"data: [DONE]", merged) is True
+
+
+def test_upstream_error_event_is_an_upstream_error():
+    from server.upstream import UpstreamError, _merge
+    with pytest.raises(UpstreamError, match="boom"):
+        _merge(b'data: {"error": {"message": "boom"}}', {})
