@@ -87,6 +87,19 @@ def _merge(line: bytes, merged: dict[int, _Out]) -> bool:
     return False
 
 
+async def _arrived(content: aiohttp.StreamReader):
+    """The complete lines of a stream, a list per read: all that had arrived by then (a last line
+    without its newline comes at the end)."""
+    rest = b""
+    async for data in content.iter_any():
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield lines
+    if rest:
+        yield [rest]
+
+
 def sampling_to_json(params) -> dict:
     """The fields of a vLLM `SamplingParams` the OpenAI completions API carries."""
     body = {"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
@@ -165,15 +178,9 @@ class UpstreamEngine:
                 if final_only:  # one upstream response, as vLLM's own server answers a non-streamed request
                     yield _RequestOutput(_outs(await r.json(content_type=None)), finished=True)
                     return
-                rest, done = b"", False
-                async for data in r.content.iter_any():  # whatever has arrived: one event, or several
-                    lines = (rest + data).split(b"\n")
-                    rest = lines.pop()
+                async for lines in _arrived(r.content):
                     merged: dict[int, _Out] = {}
-                    for line in lines:
-                        done = _merge(line, merged)
-                        if done:
-                            break
+                    done = any(_merge(line, merged) for line in lines)  # stops at [DONE]
                     if merged:
                         out = _RequestOutput(list(merged.values()))
                         if first:
@@ -182,11 +189,6 @@ class UpstreamEngine:
                         yield out
                     if done:
                         break
-                merged = {}
-                if not done and rest:  # a last line without its newline
-                    _merge(rest, merged)
-                if merged:
-                    yield _RequestOutput(list(merged.values()))
         yield _RequestOutput([], finished=True)
 
     @staticmethod

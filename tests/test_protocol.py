@@ -52,3 +52,18 @@ def test_upstream_error_event_is_an_upstream_error():
     from server.upstream import UpstreamError, _merge
     with pytest.raises(UpstreamError, match="boom"):
         _merge(b'data: {"error": {"message": "boom"}}', {})
+
+
+def test_upstream_lines_are_grouped_by_arrival_and_split_across_reads():
+    import asyncio
+
+    from server.upstream import _arrived
+
+    class Reads:  # what aiohttp's StreamReader.iter_any gives: whatever bytes have arrived
+        async def iter_any(self):
+            for piece in (b"data: 1\n\ndata: 2\n", b"\nda", b"ta: 3\n\n", b"data: [DONE]"):
+                yield piece
+
+    async def collect():
+        return [lines async for lines in _arrived(Reads())]
+    assert asyncio.run(collect()) == [[b"data: 1", b"", b"data: 2"], [b""], [b"data: 3", b""], [b"data: [DONE]"]]
