@@ -54,15 +54,12 @@ def run(name: str, tokens_budget: float, device: str, n_eval: int, threads: int,
     tokens_budget *= c["tok"]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    if c["styles"]:
-        dg.STYLE_MIX.clear()
-        dg.STYLE_MIX.update(c["styles"])
-    task = dg.DigitsTask(max_digits=c["max_digits"])
+    task = dg.DigitsTask(max_digits=c["max_digits"], styles=c["styles"] or None)
     cfg = bm.BaseModelConfig(hidden=c["hidden"], layers=c["layers"], heads=c["heads"], kv_heads=c["kv_heads"],
                              batch_size=c["batch_size"], lr=c["lr"], warmup=c["warm"], tokens=tokens_budget,
                              curriculum_start=c["curriculum_start"], curriculum_until=c["curriculum_until"],
                              max_steps=10**6)
-    tok, model, _ = bm._new_model(cfg)
+    tok, model, _ = bm._new_model(cfg, task)
     model.to(device)
     t0 = time.time()
     steps, seen = bm.fit(cfg, model, tok, task, random.Random(seed), budget_s=1e9, device=device, log=lambda *_: None)

@@ -75,6 +75,8 @@ def bad_jsonl(tmp_path):
     (["data", "--task", "gsm9k", "--out", "x.jsonl"], "unknown task"),
     (["train", "base", "--heads", "8"], "head size"),
     (["train", "base", "--out", "."], "exists"),
+    (["train", "base", "--styles", "turbo=1"], "bad style"),
+    (["train", "base", "--recheck-passes", "0"], "recheck_passes"),
     (["report", "base", "--samples", "1"], "--samples"),
     (["serve", "--port", "0"], "port"),
     (["serve", "--effort-low", "2"], "effort_low"),
@@ -83,7 +85,7 @@ def bad_jsonl(tmp_path):
     (["serve", "--engine-args", "[1]"], "JSON object"),
     (["bench", "serve", "--concurrency", "x"], "--concurrency"),
 ], ids=["unknown-task", "missing-file", "bad-jsonl-line", "negative-budget", "bad-setting", "unknown-adapter",
-        "zero-n", "data-unknown-task", "head-size", "out-exists", "report-samples", "serve-port",
+        "zero-n", "data-unknown-task", "head-size", "out-exists", "base-styles", "base-passes", "report-samples", "serve-port",
         "serve-effort-level", "serve-effort-rules", "serve-config-missing", "serve-engine-args", "bench-concurrency"])
 def test_cli_bad_input_is_one_clear_line(args, message, bad_jsonl, tmp_path):
     args = [str(bad_jsonl) if a == "{bad}" else a for a in args]

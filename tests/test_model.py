@@ -109,3 +109,23 @@ def test_peft_lora_attaches_and_changes_output(hf):
                 p.normal_(0, 0.5)
         assert not torch.allclose(base, peft_model(ids).logits, atol=1e-3)
     assert sum(p.numel() for n, p in peft_model.named_parameters() if p.requires_grad) > 0
+
+
+def test_continued_training_stage_keeps_the_tokenizer_and_records_its_mix(model_dir, tmp_path):
+    """`effort train base --init-from`: a second supervised stage on another style mix; the
+    tokenizer files are copied verbatim and each stage's mix is in the manifest."""
+    import json
+
+    from training.base_model import BaseModelConfig, train_base
+
+    out = tmp_path / "tiny2"
+    cfg = BaseModelConfig(out=str(out), init_from=str(model_dir), tokens=2e4, minutes=2, threads=1,
+                          styles="verbose=0.5,partial=0.5", recheck_passes=2, curriculum_start=16, curriculum_until=0)
+    train_base(cfg, log=lambda *_: None)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / f).read_bytes() == (model_dir / f).read_bytes()
+    stages = json.loads((out / "manifest.json").read_text())["training"]["stages"]
+    assert len(stages) >= 2 and stages[-1]["init_from"] is True
+    assert stages[-1]["style_mix"] == {"verbose": 0.5, "partial": 0.5} and stages[-1]["recheck_passes"] == 2
+    assert stages[-1]["tokens"] >= 2e4
+    assert not list(tmp_path.glob("*.tmp"))

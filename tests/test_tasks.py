@@ -4,7 +4,7 @@ import random
 import pytest
 
 from training.tasks import DigitsTask, JsonlMathTask, Problem, TaskError, extract_boxed, load_task
-from training.tasks.digits import answer_for, chain, last_sum, parse_question, question_for
+from training.tasks.digits import answer_for, chain, last_sum, parse_question, parse_styles, question_for
 
 
 @pytest.mark.parametrize("style,expected", [
@@ -15,6 +15,56 @@ from training.tasks.digits import answer_for, chain, last_sum, parse_question, q
 ], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
 def test_chain_styles(style, expected):
     assert chain([3, 7, 2, 9], style) == expected
+
+
+@pytest.mark.parametrize("stop,expected", [
+    (1, "a3 b7>0 c2>2 d9>1 check a3 answer1"),
+    (3, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok answer1"),
+    (7, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok check a3 b7>0 ok c2>2 ok answer1"),
+])
+def test_partial_recheck_stops_anywhere_and_concludes_with_the_chain_sum(stop, expected):
+    assert chain([3, 7, 2, 9], "partial", stop=stop, passes=2) == expected
+    for bad in (0, 8):
+        with pytest.raises(ValueError):
+            chain([3, 7, 2, 9], "partial", stop=bad, passes=2)
+
+
+def test_recheck_passes():
+    two = chain([3, 7, 2, 9], "verbose", passes=2)
+    assert two == "a3 b7>0 c2>2 d9>1" + " check a3 b7>0 ok c2>2 ok d9>1 ok" * 2
+    task = DigitsTask(recheck_passes=2, styles={"verbose": 1.0})
+    q, thinking, _ = task.sft_example(random.Random(0))
+    assert thinking.count(" check") == 2 and thinking == chain(parse_question(q), "verbose", passes=2)
+    with pytest.raises(ValueError):
+        DigitsTask(recheck_passes=0)
+
+
+@pytest.mark.parametrize("spec,want", [
+    ("verbose=0.5,partial=0.2", {"verbose": 0.5, "partial": 0.2}),
+    (" plain=1 ", {"plain": 1.0}),
+    ("verbose", None), ("turbo=1", None), ("verbose=-1,plain=2", None), ("plain=0", None), ("", None),
+])
+def test_parse_styles(spec, want):
+    if want is None:
+        with pytest.raises(ValueError):
+            parse_styles(spec)
+    else:
+        assert parse_styles(spec) == want
+
+
+def test_sft_cut_answers_the_last_sum_written_and_partial_the_true_sum():
+    task, rng = DigitsTask(), random.Random(0)
+    seen = set()
+    for _ in range(400):
+        q, thinking, ans = task.sft_example(rng, style=rng.choice(["cut", "partial"]))  # partial: not in the default mix
+        digits = parse_question(q)
+        if " answer" in thinking:
+            seen.add("partial")
+            assert ans == f"\\boxed{{{answer_for(digits)}}}" and thinking.endswith(f"answer{answer_for(digits)}")
+        else:
+            seen.add("cut")
+            assert ans == f"\\boxed{{{last_sum(thinking)}}}"
+    assert seen == {"cut", "partial"}
 
 
 def test_question_answer_round_trip():

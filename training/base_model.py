@@ -73,6 +73,8 @@ class BaseModelConfig:
     init_from: str = field(default="", metadata={"help": "continue from this model folder (its tokenizer too) instead of starting from scratch"})
     curriculum_start: int = field(default=4, metadata={"help": "max digits per prompt at the start of training"})
     curriculum_until: float = field(default=0.6, metadata={"help": "fraction of training after which all lengths (2-16) are used"})
+    styles: str = field(default="", metadata={"help": "reasoning-style mix of the supervised data, e.g. verbose=0.62,plain=0.22 (default: the task's STYLE_MIX)"})
+    recheck_passes: int = field(default=1, metadata={"help": "re-check passes of the verbose style"})
     force: bool = field(default=False, metadata={"help": "overwrite an existing output folder"})
 
     def __post_init__(self):
@@ -86,6 +88,12 @@ class BaseModelConfig:
             raise ValueError("warmup must be in (0, 1)")
         if not 2 <= self.curriculum_start <= 16 or not 0 <= self.curriculum_until <= 1:
             raise ValueError("curriculum_start must be in 2..16 and curriculum_until in [0, 1]")
+        if self.recheck_passes < 1:
+            raise ValueError("recheck_passes must be >= 1")
+        if self.styles:
+            from .tasks.digits import parse_styles
+
+            parse_styles(self.styles)
 
 
 def render_prompt(question: str) -> str:
@@ -124,12 +132,11 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def _corpus(task, rng: random.Random, n: int) -> list[str]:
-    from .tasks.digits import STYLE_MIX
-
     out = []
-    styles = list(STYLE_MIX)
+    styles = list(task.styles)
     for i in range(n):
-        q, t, a = task.sft_example(rng, style=styles[i % len(styles)] if i % len(styles) != styles.index("cut") else None)
+        style = styles[i % len(styles)]
+        q, t, a = task.sft_example(rng, style=None if style == "cut" else style)
         out.append(render_prompt(q).replace("<|im_start|>", "").replace("<|im_end|>", "") + t + a)
     # chat words users and the e1 control will use
     out += ["system user assistant effort check ok answer Answer: \\boxed{} Think for effort 0.5 of full."] * 50
@@ -174,13 +181,11 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _new_model(cfg: BaseModelConfig):
+def _new_model(cfg: BaseModelConfig, task):
     """A fresh tokenizer (trained on the task's text) and a randomly initialised Qwen2."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from .tasks import DigitsTask
-
-    tok = build_tokenizer(_corpus(DigitsTask(), random.Random(cfg.seed + 1), 4000), cfg.vocab_size)
+    tok = build_tokenizer(_corpus(task, random.Random(cfg.seed + 1), 4000), cfg.vocab_size)
     config = Qwen2Config(
         vocab_size=int(math.ceil(len(tok) / 64) * 64), hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
@@ -240,7 +245,7 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
     import torch
 
     from .tasks import DigitsTask
-    from .tasks.digits import STYLE_MIX
+    from .tasks.digits import parse_styles
 
     out = Path(cfg.out)
     if out.exists() and not cfg.force:
@@ -248,7 +253,7 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    task = DigitsTask()
+    task = DigitsTask(styles=parse_styles(cfg.styles) if cfg.styles else None, recheck_passes=cfg.recheck_passes)
     t0 = time.time()
     prior: dict = {}
     if cfg.init_from:
@@ -262,7 +267,7 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
         prior = ModelManifest.read(cfg.init_from).training
         log(f"continuing from {cfg.init_from} ({prior.get('steps', '?')} steps before)")
     else:
-        tok, model, config = _new_model(cfg)
+        tok, model, config = _new_model(cfg, task)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer: {len(tok)} tokens; model: {n_params / 1e6:.2f}M parameters")
     budget_s = cfg.minutes * 60 - (time.time() - t0) - 30  # keep 30 s for saving
@@ -272,6 +277,10 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    if cfg.init_from:  # the tokenizer files verbatim: a re-save through transformers rewrites them
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if Path(cfg.init_from, f).is_file():
+                shutil.copy2(Path(cfg.init_from, f), tmp / f)
     gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
            "bos_token_id": config.bos_token_id, "max_new_tokens": 512}
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
@@ -284,10 +293,11 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
         training={"recipe": "sft-from-scratch", "steps": step + int(prior.get("steps", 0)),
                   "stages": [*prior.get("stages", [prior] if prior else []),
                              {"steps": step, "tokens": tokens, "wall_time_s": round(time.time() - t0, 1), "lr": cfg.lr,
-                              "curriculum": [cfg.curriculum_start, cfg.curriculum_until]}], "batch_size": cfg.batch_size, "lr": cfg.lr, "tokens": tokens, "warmup": cfg.warmup,
+                              "curriculum": [cfg.curriculum_start, cfg.curriculum_until], "style_mix": task.styles,
+                              "recheck_passes": task.recheck_passes, "init_from": bool(cfg.init_from)}], "batch_size": cfg.batch_size, "lr": cfg.lr, "tokens": tokens, "warmup": cfg.warmup,
                   "seed": cfg.seed, "wall_time_s": round(float(prior.get("wall_time_s", 0)) + time.time() - t0, 1),
                   "parameters": n_params,
-                  "style_mix": STYLE_MIX, "curriculum": [cfg.curriculum_start, cfg.curriculum_until]},
+                  "style_mix": task.styles, "recheck_passes": task.recheck_passes, "curriculum": [cfg.curriculum_start, cfg.curriculum_until]},
     ).write(tmp)
     if out.exists():
         shutil.rmtree(out)

@@ -30,6 +30,14 @@ shortest correct sibling paid on prompts solved ≥ 75% (HAPO-like): 22 → 15 �
 step 50. Both reward the shorter path when it is sampled, but the style is chosen by one
 shared first step and loses on the mid and hard prompts (where compact is unreliable) faster
 than it wins on the easy ones; a base that keeps the shorter style alive is the way forward.
+
+On the continuum base described in `e1.py` (two re-check passes, partial re-checks; not shipped),
+DLER with L = 0.55 × its mean length (77 tokens): 99.4%, 35.6 reasoning tokens (28% of 126.1),
+easiest third 15.3; this recipe: 98.6%, easiest third 15.3 again — DLER already ends at the
+plain chain on every prompt there too (the limit does not bind on easy prompts, yet the "close
+after the chain" decision generalises), and the only shorter path, compact, is 14% correct in
+that base's samples. The target needs a reliable path shorter than the plain chain on easy
+prompts, which this task's 1M-parameter model does not have.
 """
 
 from __future__ import annotations

@@ -26,6 +26,23 @@ Measured on the embedded model (not yet meeting the issue's target):
   reward rose 0.19 → 0.24, but held-out greedy lengths do not follow the control yet — realised
   ratio 0.80–0.83 at every control value 0.1 … 1.0 (flat calibration), accuracy 98.8% at 1.0;
 - lr 2e-3, KL 0.01: collapsed within 15 steps (rollout accuracy 0.97 → 0.03, KL 2.7).
+
+Tried with a base whose correct lengths form a continuum (not shipped; reverted): a second
+supervised stage (`effort train base --init-from … --recheck-passes 2 --styles
+verbose=0.5,partial=0.16,plain=0.14,compact=0.1,none=0.04,cut=0.06`, 2.5M tokens, 8.5 min) gave a
+base with two re-check passes and re-checks stopped at any step with a conclusion: greedy 100%,
+126.1 reasoning tokens, 71.7% of them re-check; its temperature-1 samples (200 dev prompts × 8)
+are correct at length ratios 0.3–1.0 (partial 26% of samples, 88% correct; plain 15%, 98%;
+compact 15%, 14%). The warm-up was then hindsight relabelling — every correct temperature-1
+sample written with the effort text nearest its ratio, 17 effort bins balanced (2,205 samples
+from 384 prompts), 160 LoRA steps: greedy accuracy with an effort text 6% → 98%, yet realised
+ratios on held-out prompts were 0.90–0.94 at every control 0.1 … 1.0 (flat) and 98.8% at 1.0.
+The LoRA reproduces the samples without reading the effort digits: the stop decision is one
+token per sequence, far from the four digit tokens of the text, and the 1M-parameter model's
+attention was only ever trained to copy by letter. (Sampling 3,072 completions with HF generate
+on one contended thread also took the 15-minute cap: one GRPO step.) Next: a control the model
+can read at the decision point (e.g. the effort as a token just before the thinking) or a
+much longer warm-up weighted on the stop decisions.
 """
 
 from __future__ import annotations

@@ -15,12 +15,16 @@ on thinking. Difficulty = number of digits.
 Reasoning styles taught to the base model (see `STYLE_MIX`; the style is fixed by the first
 step, so the greedy model always takes the majority style):
 - ``verbose`` (majority): the chain, then a redundant re-check pass (`` check a3 b7>0 ok …``)
-  that never changes the answer — the base model's overthinking;
+  that never changes the answer — the base model's overthinking (`recheck_passes` passes);
+- ``partial`` (not in the shipped mix; an experiment, see `training/recipes/e1.py`): the chain
+  and a re-check stopped after any of its steps, closed by a conclusion (`` answer1``, the
+  chain's final sum) — correct paths of every length between the plain chain and the verbose one;
 - ``plain``: the chain alone (a shorter correct path RL can find);
 - ``compact``: two digits per step (`` b7c2>2``), shorter still, less reliable;
 - ``none``: no thinking, a guess;
-- ``cut``: a chain cut at a random point, answered with the last sum written — what the model
-  does when the engine forces ``</think>`` early.
+- ``cut``: a chain cut at a random point without a conclusion, answered with the last sum
+  written — what the model does when the engine forces ``</think>`` early (so budget forcing
+  inside the re-check costs accuracy, unlike a voluntary ``partial`` stop).
 
 Splits are a deterministic partition of all questions by hash: 10% ``test``, 10% ``dev``, the
 rest ``train``, so evaluation prompts never appear in training.
@@ -38,7 +42,10 @@ LETTERS = "abcdefghijklmnop"
 MIN_DIGITS, MAX_DIGITS = 2, len(LETTERS)
 SPLITS = ("train", "dev", "test")
 STYLE_MIX = {"verbose": 0.62, "plain": 0.22, "compact": 0.07, "none": 0.04, "cut": 0.05}
+STYLES = ("verbose", "partial", "plain", "compact", "none", "cut")
 RECHECK_WORD = " check"
+RECHECK_PASSES = 1
+CONCLUDE_WORD = " answer"
 
 
 def _split_of(question: str) -> str:
@@ -70,8 +77,29 @@ def _steps(digits: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def chain(digits: list[int], style: str) -> str:
-    """The thinking text (between the markers) for `digits` in `style` (``cut`` excluded)."""
+def recheck_steps(digits: list[int], passes: int = RECHECK_PASSES) -> list[str]:
+    """The re-check as a list of steps (each pass: the word and the first digit, then one step
+    per digit), `passes` passes."""
+    one = [f"{RECHECK_WORD} {LETTERS[0]}{digits[0]}"] + [f" {LETTERS[i]}{digits[i]}>{s} ok" for i, s in _steps(digits)]
+    return one * passes
+
+
+def parse_styles(spec: str) -> dict[str, float]:
+    """``"verbose=0.5,plain=0.2,…"`` → a style mix (weights need not sum to 1)."""
+    mix = {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, w = part.partition("=")
+        if name not in STYLES or not w:
+            raise ValueError(f"bad style {part!r}: use name=weight with names from {', '.join(STYLES)}")
+        mix[name] = float(w)
+    if not mix or any(w < 0 for w in mix.values()) or not sum(mix.values()) > 0:
+        raise ValueError(f"style mix {spec!r} needs at least one positive weight")
+    return mix
+
+
+def chain(digits: list[int], style: str, stop: int | None = None, passes: int = RECHECK_PASSES) -> str:
+    """The thinking text (between the markers) for `digits` in `style` (``cut`` excluded);
+    ``partial`` keeps the first `stop` re-check steps (1 ≤ stop < all) and concludes."""
     head = f"{LETTERS[0]}{digits[0]}"
     if style == "none":
         return ""
@@ -87,8 +115,13 @@ def chain(digits: list[int], style: str) -> str:
     if style == "plain":
         return plain
     if style == "verbose":
-        check = " ".join([head] + [f"{LETTERS[i]}{digits[i]}>{s} ok" for i, s in _steps(digits)])
-        return f"{plain}{RECHECK_WORD} {check}"
+        return plain + "".join(recheck_steps(digits, passes))
+    if style == "partial":
+        steps = recheck_steps(digits, passes)
+        stop = len(steps) // 2 if stop is None else stop
+        if not 1 <= stop < len(steps):
+            raise ValueError(f"partial stop must be in 1..{len(steps) - 1}")
+        return plain + "".join(steps[:stop]) + f"{CONCLUDE_WORD}{answer_for(digits)}"
     raise ValueError(f"unknown style {style!r}")
 
 
@@ -106,10 +139,15 @@ class DigitsTask:
 
     name = "digits"
 
-    def __init__(self, min_digits: int = MIN_DIGITS, max_digits: int = MAX_DIGITS):
+    def __init__(self, min_digits: int = MIN_DIGITS, max_digits: int = MAX_DIGITS,
+                 styles: dict[str, float] | None = None, recheck_passes: int = RECHECK_PASSES):
         if not MIN_DIGITS <= min_digits <= max_digits <= MAX_DIGITS:
             raise ValueError(f"digits must satisfy {MIN_DIGITS} <= min <= max <= {MAX_DIGITS}")
+        if recheck_passes < 1:
+            raise ValueError("recheck_passes must be >= 1")
         self.min_digits, self.max_digits = min_digits, max_digits
+        self.styles = dict(styles or STYLE_MIX)  # the supervised data's mix (base model training)
+        self.recheck_passes = recheck_passes
 
     def sample_digits(self, rng: random.Random, split: str, max_digits: int | None = None) -> list[int]:
         hi = min(self.max_digits, max_digits or self.max_digits)
@@ -153,12 +191,16 @@ class DigitsTask:
                     max_digits: int | None = None) -> tuple[str, str, str]:
         """(question, thinking, answer text) for one training example of a random style."""
         digits = self.sample_digits(rng, "train", max_digits)
-        style = style or rng.choices(list(STYLE_MIX), weights=list(STYLE_MIX.values()))[0]
+        style = style or rng.choices(list(self.styles), weights=list(self.styles.values()))[0]
+        passes = self.recheck_passes
         if style == "cut":
-            full = chain(digits, rng.choice(["verbose", "plain"]))
+            full = chain(digits, rng.choice(["verbose", "plain"]), passes=passes)
             thinking = full[: rng.randint(2, max(2, len(full) - 1))]
             ans = last_sum(thinking) or str(rng.randrange(10))
+        elif style == "partial":
+            thinking = chain(digits, style, stop=rng.randrange(1, len(recheck_steps(digits, passes))), passes=passes)
+            ans = answer_for(digits)
         else:
-            thinking = chain(digits, style)
+            thinking = chain(digits, style, passes=passes)
             ans = answer_for(digits) if style != "none" else str(rng.randrange(10))
         return question_for(digits), thinking, f"\\boxed{{{ans}}}"
