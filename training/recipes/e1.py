@@ -37,6 +37,8 @@ compact 15%, 14%). The warm-up was then hindsight relabelling — every correct 
 sample written with the effort text nearest its ratio, 17 effort bins balanced (2,205 samples
 from 384 prompts), 160 LoRA steps: greedy accuracy with an effort text 6% → 98%, yet realised
 ratios on held-out prompts were 0.90–0.94 at every control 0.1 … 1.0 (flat) and 98.8% at 1.0.
+Probed on 50 dev prompts: the probability of closing right after the chain is 0.068–0.076 and
+of stopping mid re-check 0.039–0.045 at every effort text 0.2 … 1.0 — independent of the text.
 The LoRA reproduces the samples without reading the effort digits: the stop decision is one
 token per sequence, far from the four digit tokens of the text, and the 1M-parameter model's
 attention was only ever trained to copy by letter. (Sampling 3,072 completions with HF generate
