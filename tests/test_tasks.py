@@ -42,7 +42,7 @@ def test_recheck_passes():
 @pytest.mark.parametrize("spec,want", [
     ("verbose=0.5,partial=0.2", {"verbose": 0.5, "partial": 0.2}),
     (" plain=1 ", {"plain": 1.0}),
-    ("verbose", None), ("turbo=1", None), ("verbose=-1,plain=2", None), ("plain=0", None), ("", None),
+    ("verbose", None), ("verbose=lots", None), ("turbo=1", None), ("verbose=-1,plain=2", None), ("plain=0", None), ("", None),
 ])
 def test_parse_styles(spec, want):
     if want is None:

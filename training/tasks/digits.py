@@ -89,9 +89,12 @@ def parse_styles(spec: str) -> dict[str, float]:
     mix = {}
     for part in filter(None, (x.strip() for x in spec.split(","))):
         name, _, w = part.partition("=")
-        if name not in STYLES or not w:
+        try:
+            mix[name] = float(w)
+        except ValueError:
+            name = ""
+        if name not in STYLES:
             raise ValueError(f"bad style {part!r}: use name=weight with names from {', '.join(STYLES)}")
-        mix[name] = float(w)
     if not mix or any(w < 0 for w in mix.values()) or not sum(mix.values()) > 0:
         raise ValueError(f"style mix {spec!r} needs at least one positive weight")
     return mix
