@@ -51,7 +51,8 @@ weighted ×20 on the decision tokens (``</think>``, `` check``, `` answer`` and 
 `` ok``), 300 LoRA steps at lr 2e-3, samples drawn with vLLM (3,072 in 2.6 min instead of most of
 the cap): the text is now read — P(close right after the chain) 0.89 at effort 0.3 vs 0.002 at
 1.0 — and greedy length ratios rise with effort (64 test prompts: 0.59 / 0.61 / 0.70 / 0.75 at
-0.25 / 0.5 / 0.75 / 1.0), but accuracy fell to 67–78% and the range is compressed. So the
+0.25 / 0.5 / 0.75 / 1.0), but accuracy fell to 67–78% and the range is compressed (weight ×5,
+lr 1e-3, 400 steps: 0.66 / 0.75 / 0.73 / 0.89, accuracy 81–91% — still below the base). So the
 decision weighting is the missing piece; the weight, lr and bin coverage (0.40–0.55 and
 0.85–0.95 had < 20 samples each) need tuning before GRPO and calibration.
 """
