@@ -47,8 +47,8 @@ can read at the decision point (e.g. the effort as a token just before the think
 much longer warm-up weighted on the stop decisions.
 
 Follow-up probe (same base; `scripts/e1_warmup_probe.py` sample / warmup / measure): the same
-relabelled warm-up with the loss weighted ×20 on the decision tokens (``</think>``, `` check``, `` answer`` and each token after an
-`` ok``), 300 LoRA steps at lr 2e-3, samples drawn with vLLM (3,072 in 2.6 min instead of most of
+relabelled warm-up with the loss weighted ×20 on the decision tokens (``</think>``, `` check``,
+`` answer`` and each token after an `` ok``), 300 LoRA steps at lr 2e-3, samples drawn with vLLM (3,072 in 2.6 min instead of most of
 the cap): the text is now read — P(close right after the chain) 0.89 at effort 0.3 vs 0.002 at
 1.0 — and greedy length ratios rise with effort (64 test prompts: 0.59 / 0.61 / 0.70 / 0.75 at
 0.25 / 0.5 / 0.75 / 1.0), but accuracy fell to 67–78% and the range is compressed (weight ×5,
