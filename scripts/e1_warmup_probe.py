@@ -53,6 +53,8 @@ def warmup(a):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from training.base_model import _pad
+
     torch.set_num_threads(2)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.base)
@@ -80,15 +82,13 @@ def warmup(a):
     model.train()
     for step in range(a.steps):
         batch = rng.sample(pairs, 32)
-        width = max(len(x) for x, _ in batch)
-        x = torch.full((32, width), tok.pad_token_id)
-        wt = torch.zeros(32, width)
-        mask = torch.zeros(32, width, dtype=torch.long)
-        for i, (ids, w) in enumerate(batch):
-            x[i, :len(ids)], wt[i, :len(w)], mask[i, :len(ids)] = torch.tensor(ids), torch.tensor(w), 1
+        x, _, mask = _pad([ids for ids, _ in batch], [ids for ids, _ in batch], tok.pad_token_id)
+        wt = torch.zeros(x.shape)
+        for i, (_, w) in enumerate(batch):
+            wt[i, :len(w)] = torch.tensor(w)
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                               reduction="none").view(32, width - 1)
+                                               reduction="none").view(x.shape[0], -1)
         loss = (ce * wt[:, 1:]).sum() / wt[:, 1:].sum()
         opt.zero_grad()
         loss.backward()

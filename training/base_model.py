@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .tasks.digits import RECHECK_PASSES
+
 THINK_START, THINK_END = "<think>", "</think>"
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -74,7 +76,7 @@ class BaseModelConfig:
     curriculum_start: int = field(default=4, metadata={"help": "max digits per prompt at the start of training"})
     curriculum_until: float = field(default=0.6, metadata={"help": "fraction of training after which all lengths (2-16) are used"})
     styles: str = field(default="", metadata={"help": "reasoning-style mix of the supervised data, e.g. verbose=0.62,plain=0.22 (default: the task's STYLE_MIX)"})
-    recheck_passes: int = field(default=1, metadata={"help": "re-check passes of the verbose style"})
+    recheck_passes: int = field(default=RECHECK_PASSES, metadata={"help": "re-check passes of the verbose style"})
     force: bool = field(default=False, metadata={"help": "overwrite an existing output folder"})
 
     def __post_init__(self):

@@ -121,8 +121,7 @@ def chain(digits: list[int], style: str, stop: int | None = None, passes: int = 
         return plain + "".join(recheck_steps(digits, passes))
     if style == "partial":
         steps = recheck_steps(digits, passes)
-        stop = len(steps) // 2 if stop is None else stop
-        if not 1 <= stop < len(steps):
+        if stop is None or not 1 <= stop < len(steps):
             raise ValueError(f"partial stop must be in 1..{len(steps) - 1}")
         return plain + "".join(steps[:stop]) + f"{CONCLUDE_WORD}{answer_for(digits)}"
     raise ValueError(f"unknown style {style!r}")
