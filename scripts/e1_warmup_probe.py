@@ -36,8 +36,9 @@ def sample(a):
 
     ev, task = Evaluator(a.base), DigitsTask()
     probs = task.problems("train", a.prompts, 0)
-    full = {r["id"]: r["reasoning_tokens"] for r in ev.generate(probs, task, None, [None] * len(probs))}
-    rows = ev.generate(probs, task, None, [None] * len(probs), temperature=1.0, samples=a.samples, seed=11)
+    greedy = ev.generate(probs, task, None, [None] * len(probs))
+    full = {r["id"]: r["reasoning_tokens"] for r in greedy}
+    rows = greedy + ev.generate(probs, task, None, [None] * len(probs), temperature=1.0, samples=a.samples, seed=11)
     Path(a.out).write_text(json.dumps([dict(q=r["question"], t_ref=full[r["id"]], reasoning=r["reasoning"],
                                             answer=r["answer_text"], rt=r["reasoning_tokens"], correct=r["correct"])
                                        for r in rows]))
@@ -61,11 +62,23 @@ def warmup(a):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(a.base),
                            LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS.split(","), task_type="CAUSAL_LM"))
     bins = collections.defaultdict(list)
-    for s in json.loads(Path(a.samples).read_text()):
-        ratio = s["rt"] / max(1, s["t_ref"])
-        e = min(GRID, key=lambda g: abs(g - ratio))
-        if s["correct"] and abs(e - ratio) <= 0.05:
-            bins[e].append(s)
+    samples = json.loads(Path(a.samples).read_text())
+    if a.per_prompt:  # each prompt, each effort: its correct sample nearest that ratio (contrast within a prompt)
+        by_q = collections.defaultdict(list)
+        for s in samples:
+            if s["correct"]:
+                by_q[s["q"]].append(s)
+        for items in by_q.values():
+            for e in GRID:
+                best = min(items, key=lambda s: abs(s["rt"] / max(1, s["t_ref"]) - e))
+                if abs(best["rt"] / max(1, best["t_ref"]) - e) <= a.tol:
+                    bins[e].append(best)
+    else:
+        for s in samples:
+            ratio = s["rt"] / max(1, s["t_ref"])
+            e = min(GRID, key=lambda g: abs(g - ratio))
+            if s["correct"] and abs(e - ratio) <= a.tol:
+                bins[e].append(s)
     print("samples per effort bin:", {k: len(v) for k, v in sorted(bins.items())})
     decision = {tok.convert_tokens_to_ids(t) for t in ("</think>", "Ġcheck", "Ġanswer")}
     ok = tok.convert_tokens_to_ids("Ġok")
@@ -127,7 +140,7 @@ def measure(a):
 
     full = run(base, [p.question for p in probs])
     print(f"base: accuracy {sum(c for _, c in full) / len(full):.3f}, mean reasoning {sum(n for n, _ in full) / len(full):.1f}")
-    for e in (0.25, 0.5, 0.75, 1.0):
+    for e in a.efforts:
         r = run(tuned, [CONTROL.render(p.question, e) for p in probs])
         ratio = sum(n / max(1, f) for (n, _), (f, _) in zip(r, full)) / len(r)
         print(f"effort {e}: realised ratio {ratio:.3f}, accuracy {sum(c for _, c in r) / len(r):.3f}")
@@ -148,11 +161,14 @@ def main():
     w.add_argument("--weight", type=float, default=5.0)
     w.add_argument("--steps", type=int, default=400)
     w.add_argument("--lr", type=float, default=1e-3)
+    w.add_argument("--per-prompt", action="store_true", help="per prompt and effort, the nearest correct sample")
+    w.add_argument("--tol", type=float, default=0.05, help="largest |length ratio - effort| kept")
     m = sub.add_parser("measure")
     m.add_argument("--base", required=True)
     m.add_argument("--adapter", required=True)
     m.add_argument("--prompts", type=int, default=64)
     m.add_argument("--max-tokens", type=int, default=270)
+    m.add_argument("--efforts", type=lambda v: [float(x) for x in v.split(",")], default=[0.25, 0.5, 0.75, 1.0])
     a = ap.parse_args()
     {"sample": sample, "warmup": warmup, "measure": measure}[a.cmd](a)
 

@@ -13,7 +13,7 @@ import pytest
 
 from training.recipes.dler import dler_reward
 from training.recipes.dler_da import da_limit, update_pass_rate
-from training.recipes.e1 import calibration_map, e1_reward
+from training.recipes.e1 import calibration_map, decision_weights, e1_reward, relabel
 from training.rl import Rollout, group_keep_mask, parse_rollout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +72,48 @@ def test_calibration_map_inverts_the_realised_curve():
     assert cal[0.45] == pytest.approx(0.5)
     assert 0.7 < cal[0.725] < 1.0
     assert cal[1.0] == 1.0 and cal[1.2] == 1.0
+
+
+def test_relabel_picks_per_prompt_and_effort_the_nearest_fitting_sample():
+    plain, mid, full = [1, 2, 9], [1, 2, 3, 4, 9], [1, 2, 3, 4, 5, 6, 9]
+    got = relabel({"p": [(0.3, plain), (0.62, mid), (1.0, full)], "q": [(1.0, full)], "empty": []},
+                  grid=[0.25, 0.5, 0.6, 0.75, 0.95, 1.0], tol=0.06)
+    assert got == [("p", 0.25, plain), ("p", 0.6, mid), ("p", 0.95, full), ("p", 1.0, full),
+                   ("q", 0.95, full), ("q", 1.0, full)]  # 0.5 and 0.75: no sample within 0.06
+
+
+@pytest.mark.parametrize("completions,want", [
+    ([[1, 2, 9], [1, 2, 3, 9]], [[1, 1, 4], [1, 1, 4, 1]]),  # close after 2 tokens, or go on
+    ([[1, 2, 9], [1, 2, 3, 9], [1, 2, 3, 4, 9]], [[1, 1, 4], [1, 1, 4, 4], [1, 1, 4, 4, 1]]),
+    ([[1, 2, 9], [1, 2, 9]], [[1, 1, 1], [1, 1, 1]]),  # the same path twice: no decision
+    ([[5, 6]], [[1, 1]]),
+    ([[1, 2], [1, 2, 3]], [[1, 1], [1, 1, 4]]),  # a prefix: only the longer one has the token
+])
+def test_decision_weights_mark_where_paths_part(completions, want):
+    assert decision_weights(completions, 4.0) == want
+
+
+def test_sft_loss_is_the_weighted_mean_of_completion_token_losses(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.rl import Context
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ctx = Context(task=None, problems={}, tokenizer=tok, markers=None, max_completion=64, model=model)
+    prompt = ctx.render("a3 b4 c5")
+    completion = tok("<think>a3 b4>7 c5>2</think>\\boxed{2}<|im_end|>", add_special_tokens=False)["input_ids"]
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([p_ids + completion])).logits[0, len(p_ids) - 1:-1]
+    per_token = torch.nn.functional.cross_entropy(logits, torch.tensor(completion), reduction="none")
+    w = [1.0] * len(completion)
+    w[3] = 5.0
+    # lr 0: the model does not move, so the returned loss is the first step's
+    assert ctx.sft([(prompt, completion)], steps=1, lr=0.0) == pytest.approx(per_token.mean().item(), rel=1e-4)
+    want = (per_token * torch.tensor(w)).sum().item() / sum(w)
+    assert ctx.sft([(prompt, completion, w)], steps=1, lr=0.0) == pytest.approx(want, rel=1e-4)
 
 
 def test_control_applies_calibration():

@@ -147,9 +147,9 @@ class Evaluator:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def generate(self, problems, task, adapter, budgets, temperature=0.0, samples=1, max_tokens=512, seed=0,
-                 effort: float | list[float] = 1.0):
+                 effort: float | list[float] = 1.0, keep_ids: bool = False):
         """One result dict per (problem, sample). `budgets`: per-problem int or None; `effort`: one
-        for all or per problem."""
+        for all or per problem; `keep_ids`: add the completion's token ids (``token_ids``)."""
         from vllm import SamplingParams
 
         from server.reasoning import split_ids
@@ -181,6 +181,8 @@ class Evaluator:
                     finish_reason=o.finish_reason,
                     reasoning=self.tokenizer.decode(list(sp.reasoning_ids), skip_special_tokens=True),
                     answer_text=answer_text))
+                if keep_ids:
+                    results[-1]["token_ids"] = list(o.token_ids)
         return results
 
 

@@ -247,8 +247,10 @@ class Context:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                   add_generation_prompt=True, tokenize=False)
 
-    def greedy(self, problems, contents: list[str] | None = None, batch: int = 64) -> dict[str, tuple[Rollout, list[int]]]:
-        """Per problem id: the greedy rollout of the current model (HF generate) and its ids."""
+    def greedy(self, problems, contents: list[str] | None = None, batch: int = 64,
+               temperature: float = 0.0) -> dict[str, tuple[Rollout, list[int]]]:
+        """Per problem id: the greedy rollout of the current model (HF generate) and its ids
+        (`temperature` > 0: one sample instead)."""
         import torch
 
         tok, model = self.tokenizer, self.model
@@ -263,7 +265,9 @@ class Context:
                 texts = [self.render(c) for c in (contents[i:i + batch] if contents else [p.question for p in chunk])]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
                 with torch.no_grad():
-                    gen = model.generate(**enc, max_new_tokens=self.max_completion, do_sample=False,
+                    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
+                        else dict(do_sample=False)
+                    gen = model.generate(**enc, max_new_tokens=self.max_completion, **sampling,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
                 for p, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
                     if tok.eos_token_id in row:
@@ -274,10 +278,11 @@ class Context:
             model.train(was_training)
         return out
 
-    def sft(self, pairs: list[tuple[str, list[int]]], steps: int, lr: float = 1e-3, batch: int = 32, seed: int = 0,
+    def sft(self, pairs: list[tuple], steps: int, lr: float = 1e-3, batch: int = 32, seed: int = 0,
             log=print) -> float:
-        """Supervised steps on the trainable (LoRA) parameters: prompt text → completion ids,
-        loss on the completion only. Returns the last loss."""
+        """Supervised steps on the trainable (LoRA) parameters: (prompt text, completion ids[,
+        per-token weights]) → loss on the completion only, the weighted mean of the token losses
+        (weights default to 1). Returns the last loss."""
         import torch
 
         from training.base_model import _pad
@@ -288,15 +293,24 @@ class Context:
         rng = random.Random(seed)
         model.train()
         loss = torch.tensor(0.0)
+        p_cache: dict[str, list[int]] = {}
         for step in range(steps):
             chunk = rng.sample(pairs, min(batch, len(pairs)))
-            ids, labels = [], []
-            for prompt, completion in chunk:
-                p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            ids, labels, weights = [], [], []
+            for prompt, completion, *w in chunk:
+                p_ids = p_cache.setdefault(prompt, tok(prompt, add_special_tokens=False)["input_ids"])
                 ids.append(p_ids + completion)
                 labels.append([-100] * len(p_ids) + completion)
+                weights.append([0.0] * len(p_ids) + list(w[0] if w else [1.0] * len(completion)))
             x, y, mask = _pad(ids, labels, tok.pad_token_id)
-            loss = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device), labels=y.to(model.device)).loss
+            wt = torch.zeros(x.shape)
+            for i, w in enumerate(weights):
+                wt[i, :len(w)] = torch.tensor(w)
+            logits = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1]
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1).to(model.device),
+                                                   ignore_index=-100, reduction="none").view(x.shape[0], -1)
+            wt = wt[:, 1:].to(model.device)
+            loss = (ce * wt).sum() / wt.sum().clamp_min(1e-8)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -569,7 +583,7 @@ def evaluate_adapter(folder: Path, recipe: Recipe, cfg: RLConfig, model_path: st
     from server.manifest import AdapterManifest
     from training.evaluate import Evaluator
 
-    ev = Evaluator(model_path)
+    ev = getattr(recipe, "evaluator", None) or Evaluator(model_path)  # e1 opened one to sample its warm-up
     extra = recipe.finish(folder, ev) or {}  # may rewrite the manifest (e1's calibration)
     res = eval_full(ev, folder, AdapterManifest.read(folder), recipe.ctx.task, cfg.task, cfg.eval_n, log)
     return {**res, **extra}

@@ -13,8 +13,8 @@ often is never pushed below its shortest correct path; the limit only bites wher
 correct paths exist. Everything else is DLER (`dler.py`), departures included. Departure: the
 paper does not publish its schedule; this linear one is ours.
 
-Measured on the embedded model (500 held-out prompts, greedy, vLLM): with p_ref 0.5 (the
-default) 99.8% accuracy, mean reasoning 35.6, easiest third 15.3 tokens; with p_ref 0.9 99.0%,
+Measured on the first embedded model (one re-check pass; 500 held-out prompts, greedy, vLLM):
+with p_ref 0.5 (the default) 99.8% accuracy, mean reasoning 35.6, easiest third 15.3 tokens; with p_ref 0.9 99.0%,
 35.6, 15.3 — DLER gives 100%, 35.6, 15.3. The easiest third does not get shorter: by the time
 easy prompts are solved reliably every rollout on them is already the plain chain (the base's
 shortest reliable path), the tightened limit (≈ 27 tokens on average late in the run) truncates
@@ -31,8 +31,8 @@ step 50. Both reward the shorter path when it is sampled, but the style is chose
 shared first step and loses on the mid and hard prompts (where compact is unreliable) faster
 than it wins on the easy ones; a base that keeps the shorter style alive is the way forward.
 
-On the continuum base described in `e1.py` (two re-check passes, partial re-checks; not shipped),
-DLER with L = 0.55 × its mean length (77 tokens): 99.4%, 35.6 reasoning tokens (28% of 126.1),
+On the shipped base (two re-check passes, partial re-checks; see `e1.py`), DLER with
+L = 0.55 × its mean length (78 tokens): 99.4%, 35.6 reasoning tokens (28% of 126.1),
 easiest third 15.3; this recipe: 98.6%, easiest third 15.3 again — DLER already ends at the
 plain chain on every prompt there too (the limit does not bind on easy prompts, yet the "close
 after the chain" decision generalises), and the only shorter path, compact, is 14% correct in

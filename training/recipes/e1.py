@@ -10,51 +10,42 @@
   on dev prompts through vLLM and stores the monotone inverse map in the manifest's control, so
   a request for effort r writes the control value whose realised length is r × full.
 
-Departures: a warm-up (self-distillation of the base's own greedy completions with random
-effort texts, 64 LoRA steps) before GRPO, because a model that has never seen an effort text
-can be derailed by one (the embedded model is); the KL reference is the warmed-up adapter. The
-paper rewards any correct answer with ℓ ≤ r × T(x). Here the reward is
-two-sided, 1 − |ℓ/T(x) − r| / band (band 0.3, floored at 0): with the one-sided rule effort 1.0
-earns as much for a short path as for a full one, so nothing keeps effort 1.0 near full length,
-and only calibration would make length track effort. T(x) is not updated from rollouts at lower
-efforts (that would chase its own shrinking tail).
+Departures:
+- A warm-up before GRPO (`E1.prepare`): hindsight relabelling of the base's own samples with a
+  decision-weighted loss. Through vLLM on the base: the greedy completion of every training
+  prompt, then 16 temperature-1 samples of 384 prompts; each prompt is written with every effort
+  of the grid that one of its correct samples fits (length ratio within 0.06), the effort bins
+  balanced, and the LoRA trained on them for 300 steps with the loss weighted ×5 on the tokens
+  where one prompt's completions part ways (close the thinking here, or go on). A model that has
+  never seen an effort text is derailed by one (the embedded model: 100% → 14% greedy accuracy),
+  and without the weighting the LoRA copies the samples without reading the text (below). The
+  KL reference is the warmed-up adapter.
+- The paper rewards any correct answer with ℓ ≤ r × T(x). Here the reward is two-sided,
+  1 − |ℓ/T(x) − r| / band (band 0.3, floored at 0): with the one-sided rule effort 1.0 earns as
+  much for a short path as for a full one, so nothing keeps effort 1.0 near full length. T(x) is
+  not updated from rollouts at lower efforts (that would chase its own shrinking tail).
 
-Measured on the embedded model (not yet meeting the issue's target):
-- warm-up: greedy accuracy with an effort text 5% → 100% in 64 steps (~20 s);
-- lr 1e-3, KL 0.04 (the defaults), stopped by the 15-minute cap after 95 GRPO steps (8–9 s a
-  step: long completions plus the KL pass): rollout |ratio − effort| fell from 0.43 to 0.34 and
-  reward rose 0.19 → 0.24, but held-out greedy lengths do not follow the control yet — realised
-  ratio 0.80–0.83 at every control value 0.1 … 1.0 (flat calibration), accuracy 98.8% at 1.0;
-- lr 2e-3, KL 0.01: collapsed within 15 steps (rollout accuracy 0.97 → 0.03, KL 2.7).
+Measured on the shipped embedded model (`make adapters`; 15-minute cap: sampling ≈ 4 min,
+warm-up ≈ 6 min, then 13 GRPO steps): the warm-up moves the held-out greedy length ratio at
+effort 0.25 / 1.0 from 0.26 / 0.43 with 14% accuracy (the text derails the base) to 0.27 / 0.94
+with 97%; calibration realised 0.30–0.32 at controls 0.2–0.35, 0.70–0.77 at 0.4–0.85 and
+0.87–0.89 at 0.9–1.0 (the model chooses among the plain chain, a part re-check and the whole
+one), and after calibration the 500 test prompts give ratios 0.33 / 0.43 / 0.77 / 0.93 at
+efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy 99.4 / 98.0 / 90.8 / 98.8%; base 100%).
 
-Tried with a base whose correct lengths form a continuum (not shipped; reverted): a second
-supervised stage (`effort train base --init-from … --recheck-passes 2 --styles
-verbose=0.5,partial=0.16,plain=0.14,compact=0.1,none=0.04,cut=0.06`, 2.5M tokens, 8.5 min) gave a
-base with two re-check passes and re-checks stopped at any step with a conclusion: greedy 100%,
-126.1 reasoning tokens, 71.7% of them re-check; its temperature-1 samples (200 dev prompts × 8)
-are correct at length ratios 0.3–1.0 (partial 26% of samples, 88% correct; plain 15%, 98%;
-compact 15%, 14%). The warm-up was then hindsight relabelling — every correct temperature-1
-sample written with the effort text nearest its ratio, 17 effort bins balanced (2,205 samples
-from 384 prompts), 160 LoRA steps: greedy accuracy with an effort text 6% → 98%, yet realised
-ratios on held-out prompts were 0.90–0.94 at every control 0.1 … 1.0 (flat) and 98.8% at 1.0.
-Probed on 50 dev prompts: the probability of closing right after the chain is 0.068–0.076 and
-of stopping mid re-check 0.039–0.045 at every effort text 0.2 … 1.0 — independent of the text.
-The LoRA reproduces the samples without reading the effort digits: the stop decision is one
-token per sequence, far from the four digit tokens of the text, and the 1M-parameter model's
-attention was only ever trained to copy by letter. (Sampling 3,072 completions with HF generate
-on one contended thread also took the 15-minute cap: one GRPO step.) Next: a control the model
-can read at the decision point (e.g. the effort as a token just before the thinking) or a
-much longer warm-up weighted on the stop decisions.
-
-Follow-up probe (same base; `scripts/e1_warmup_probe.py` sample / warmup / measure): the same
-relabelled warm-up with the loss weighted ×20 on the decision tokens (``</think>``, `` check``,
-`` answer`` and each token after an `` ok``), 300 LoRA steps at lr 2e-3, samples drawn with vLLM (3,072 in 2.6 min instead of most of
-the cap): the text is now read — P(close right after the chain) 0.89 at effort 0.3 vs 0.002 at
-1.0 — and greedy length ratios rise with effort (64 test prompts: 0.59 / 0.61 / 0.70 / 0.75 at
-0.25 / 0.5 / 0.75 / 1.0), but accuracy fell to 67–78% and the range is compressed (weight ×5,
-lr 1e-3, 400 steps: 0.66 / 0.75 / 0.73 / 0.89, accuracy 81–91% — still below the base). So the
-decision weighting is the missing piece; the weight, lr and bin coverage (0.40–0.55 and
-0.85–0.95 had < 20 samples each) need tuning before GRPO and calibration.
+What did not work (one re-check pass in the base, or no decision weighting):
+- on the first embedded model (one re-check pass) the only correct paths were the verbose
+  chain (1.0 of full), the plain chain (≈ 0.44) and the compact one (≈ 0.34): nothing for 0.25
+  or 0.75. A warm-up of 64 steps self-distilling the base's greedy completions under random
+  effort texts, then 95 GRPO steps (lr 1e-3, KL 0.04): held-out ratios 0.80–0.83 at every
+  control 0.1 … 1.0 (flat), 98.8% at 1.0; lr 2e-3 with KL 0.01 collapsed within 15 steps;
+- on the shipped base, relabelling without the decision weighting: greedy accuracy with an
+  effort text 6% → 98%, but ratios 0.90–0.94 at every control (P(close after the chain)
+  0.068–0.076 at every effort text: the stop decision is one token per sequence, far from the
+  four digit tokens of the text, and an unweighted loss never makes the model look there);
+  weighted ×20 at lr 2e-3: ratios rose with effort but accuracy fell to 67–78%
+  (`scripts/e1_warmup_probe.py` reproduces these probes);
+- sampling the warm-up with HF generate on one thread took the whole 15-minute cap.
 """
 
 from __future__ import annotations
@@ -66,7 +57,7 @@ from training.rl import Recipe, Rollout
 
 CONTROL = Control(kind="prompt-prefix", template="Think for effort {effort} of full.\n{prompt}")
 GRID = [round(0.2 + 0.05 * i, 2) for i in range(17)]  # 0.20 … 1.00
-CALIBRATION_POINTS = [round(0.1 * i, 1) for i in range(1, 11)]
+CALIBRATION_POINTS = GRID  # the controls trained on
 REPORT_EFFORTS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -105,18 +96,61 @@ def calibration_map(realised: dict[float, float], targets=GRID) -> list[list[flo
     return out
 
 
+def relabel(samples: dict[str, list[tuple[float, list[int]]]], grid=GRID, tol: float = 0.06
+            ) -> list[tuple[str, float, list[int]]]:
+    """Hindsight relabelling: per prompt id and effort e of `grid`, the correct completion whose
+    length ratio (its reasoning / the prompt's full-effort reasoning) is nearest e, when within
+    `tol`. `samples`: prompt id → [(ratio, completion ids)] of correct completions.
+    Returns (prompt id, e, completion ids) — one prompt under several efforts with the
+    completions that fit each, so the effort text is the only thing that tells them apart."""
+    out = []
+    for pid, items in samples.items():
+        if not items:
+            continue
+        for e in grid:
+            ratio, ids = min(items, key=lambda it: abs(it[0] - e))
+            if abs(ratio - e) <= tol:
+                out.append((pid, e, ids))
+    return out
+
+
+def decision_weights(completions: list[list[int]], weight: float) -> list[list[float]]:
+    """Per completion of one prompt: `weight` on each token where it parts from another of the
+    completions (the token after their longest common prefix: stop here or go on), 1 elsewhere.
+    Without it the loss is dominated by tokens every effort shares, and the LoRA learns to copy
+    the completions without reading the effort text (measured: realised length flat in effort)."""
+    out = []
+    for i, a in enumerate(completions):
+        w = [1.0] * len(a)
+        for j, b in enumerate(completions):
+            if i == j or a == b:
+                continue
+            k = 0
+            while k < len(a) and k < len(b) and a[k] == b[k]:
+                k += 1
+            if k < len(a):
+                w[k] = weight
+        out.append(w)
+    return out
+
+
 class E1(Recipe):
     """e1: one adapter, effort fraction in the prompt, calibrated after training."""
 
     kind = "e1"
     control = CONTROL
     band = 0.3
-    warmup_steps = 64
+    warmup_steps = 300  # decision-weighted LoRA steps before GRPO
+    warm_prompts = 384  # prompts sampled for the warm-up …
+    warm_samples = 16  # … at temperature 1, this many each
+    decision_weight = 5.0
+    tol = 0.06  # a sample fits an effort when |its length ratio - effort| <= tol
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.t_ref: dict[str, float] = {}
         self.warmup: dict = {}
+        self.evaluator = None  # vLLM on the base: warm-up samples, then the evaluation
 
     def hyper(self) -> dict:
         return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": "base greedy length",
@@ -131,25 +165,89 @@ class E1(Recipe):
         return rows
 
     def prepare(self, problems, log=print) -> None:
-        """Reference lengths, then the warm-up: the base has never seen an effort text and
-        loses its way with one (measured: 100% → 15% greedy accuracy with the text in front),
-        so the LoRA first learns, by self-distillation, to give the base's own greedy
-        completion with a random effort text present. GRPO then starts from full accuracy."""
-        greedy = self.ctx.greedy(problems)
-        self.t_ref = {pid: float(max(1, r.reasoning_tokens)) for pid, (r, _) in greedy.items()}
+        """Reference lengths, then the warm-up (hindsight relabelling, decision-weighted).
+
+        The base has never seen an effort text (with one in front the embedded model falls from
+        100% to 5–15% greedy accuracy) and a LoRA that only copies the base's completions never
+        reads it. So, through vLLM on the base: the greedy completion of every training prompt
+        (T(x), and the full-effort example), then `warm_samples` temperature-1 samples of
+        `warm_prompts` prompts. Each prompt is written with every effort of the grid that one of
+        its correct samples fits (`relabel`), the bins balanced, and the LoRA is trained on them
+        with the loss weighted `decision_weight`× where a prompt's completions part ways
+        (`decision_weights`: close the thinking here, or go on). GRPO then starts from a model that
+        reads the effort text."""
+        quick = self.cfg.quick
+        greedy = self._complete(problems, 0.0, 1)
+        self.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in greedy}
+        warm = problems[: 4 if quick else self.warm_prompts]
+        ids = {p.id for p in warm}
+        rows = [g for g in greedy if g[0] in ids] + self._complete(warm, 1.0, 2 if quick else self.warm_samples)
+        correct: dict[str, list[tuple[float, list[int]]]] = {p.id: [] for p in warm}
+        for pid, n, ok, t in rows:
+            if ok:
+                correct[pid].append((n / self.t_ref[pid], t))
+        picked = relabel(correct, GRID, self.tol)
+        by_prompt: dict[str, list[tuple[float, list[int]]]] = {}
+        for pid, e, t in picked:
+            by_prompt.setdefault(pid, []).append((e, t))
+        bins: dict[float, list[tuple]] = {}
+        for pid, items in by_prompt.items():
+            question = self.ctx.problems[pid].question
+            for (e, t), w in zip(items, decision_weights([t for _, t in items], self.decision_weight)):
+                bins.setdefault(e, []).append((self.ctx.render(CONTROL.render(question, e)), t, w))
         rng = random.Random(self.cfg.seed + 11)
-        pairs = [(self.ctx.render(CONTROL.render(p.question, rng.choice(GRID))), greedy[p.id][1])
-                 for p in problems if greedy[p.id][0].correct]
+        per = max((len(v) for v in bins.values()), default=0)
+        pairs = [x for v in bins.values() for x in v + rng.choices(v, k=per - len(v))]
+        log("e1 warm-up: examples per effort " + ", ".join(f"{e:g}:{len(bins[e])}" for e in sorted(bins)))
         probe = problems[: min(64, len(problems))]
-        texts = [CONTROL.render(p.question, rng.choice(GRID)) for p in probe]
-        before = sum(r.correct for r, _ in self.ctx.greedy(probe, texts).values()) / len(probe)
-        steps = 2 if self.cfg.quick else self.warmup_steps
-        self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log)
-        after = sum(r.correct for r, _ in self.ctx.greedy(probe, texts).values()) / len(probe)
-        self.warmup = {"steps": steps, "pairs": len(pairs), "accuracy_with_effort_text_before": before,
-                       "after": after}
-        log(f"e1 warm-up: greedy accuracy with an effort text {100 * before:.0f}% -> {100 * after:.0f}% "
-            f"({steps} steps on {len(pairs)} self-distilled pairs)")
+
+        def measure() -> dict:  # greedy (HF) on the probe prompts at efforts 0.25 and 1.0
+            out = {}
+            for e in (0.25, 1.0):
+                rs = [r for r, _ in self.ctx.greedy(probe, [CONTROL.render(p.question, e) for p in probe]).values()]
+                out[str(e)] = {"accuracy": sum(r.correct for r in rs) / len(rs),
+                               "ratio": sum(r.reasoning_tokens / self.t_ref[r.prompt_id] for r in rs) / len(rs)}
+            return out
+
+        before = measure()
+        steps = 2 if quick else self.warmup_steps
+        loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log) if pairs else 0.0
+        after = measure()
+        self.warmup = {"steps": steps, "prompts": len(warm), "samples_per_prompt": 2 if quick else self.warm_samples,
+                       "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)}, "decision_weight": self.decision_weight,
+                       "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after}
+        log(f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
+            f"{before['0.25']['ratio']:.2f} / {before['1.0']['ratio']:.2f} before, "
+            f"{after['0.25']['ratio']:.2f} / {after['1.0']['ratio']:.2f} after; accuracy "
+            f"{100 * before['1.0']['accuracy']:.0f}% -> {100 * after['1.0']['accuracy']:.0f}% at 1.0")
+
+    def _complete(self, problems, temperature: float, samples: int) -> list[tuple[str, int, bool, list[int]]]:
+        """(prompt id, reasoning tokens, correct and ended by EOS, completion ids ending in EOS)
+        for `samples` completions of each problem by the base. Through vLLM (an engine on the
+        base, kept for the evaluation after training); `--quick` uses HF generate instead (a few
+        prompts; no second engine in the caller's process)."""
+        eos = self.ctx.tokenizer.eos_token_id
+        out = []
+        if self.cfg.quick:
+            for _ in range(samples):
+                for pid, (r, ids) in self.ctx.greedy(problems, temperature=temperature).items():
+                    out.append((pid, r.reasoning_tokens, r.correct and not r.truncated, ids))
+            return out
+        if self.evaluator is None:
+            import torch
+
+            from server.engine import default_model
+            from training.evaluate import Evaluator
+
+            self.evaluator = Evaluator(self.cfg.model or default_model())
+            torch.set_num_threads(self.cfg.threads)  # as the run asked, whatever the engine set
+        rows = self.evaluator.generate(problems, self.ctx.task, None, [None] * len(problems), temperature=temperature,
+                                       samples=samples, max_tokens=self.ctx.max_completion, seed=self.cfg.seed + 11,
+                                       keep_ids=True)
+        for r in rows:
+            t = r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos]
+            out.append((r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop", t))
+        return out
 
     def state(self) -> dict:
         return {"t_ref": self.t_ref, "warmup": self.warmup}
