@@ -1,8 +1,8 @@
 """Experiment (not part of a recipe): can a LoRA warm-up make the model read e1's effort text?
 
-Three steps on a base model folder (meant for a base whose correct reasoning comes in many
-lengths — see `training/recipes/e1.py`, "Tried with a base whose correct lengths form a
-continuum", for the command that builds one):
+The probe that led to `E1.prepare`'s warm-up (the recipe now does the same with `relabel` and
+`decision_weights`); kept to explore the warm-up's settings on a base model folder without a
+whole run. Three steps:
   1. `sample`: greedy + temperature-1 samples (vLLM) of train prompts -> samples.json;
   2. `warmup`: hindsight relabelling (each correct sample gets the effort text nearest its
      length ratio, effort bins balanced) and LoRA SFT with the loss weighted `--weight`× on the
