@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.recipes.e1 import CONTROL, GRID  # noqa: E402
+from training.recipes.e1 import CONTROL, GRID, relabel  # noqa: E402
 from training.rl import LORA_TARGETS  # noqa: E402
 from training.tasks import DigitsTask  # noqa: E402
 
@@ -63,16 +63,13 @@ def warmup(a):
                            LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS.split(","), task_type="CAUSAL_LM"))
     bins = collections.defaultdict(list)
     samples = json.loads(Path(a.samples).read_text())
-    if a.per_prompt:  # each prompt, each effort: its correct sample nearest that ratio (contrast within a prompt)
+    if a.per_prompt:  # each prompt, each effort: its correct sample nearest that ratio (the recipe's relabel)
         by_q = collections.defaultdict(list)
         for s in samples:
             if s["correct"]:
-                by_q[s["q"]].append(s)
-        for items in by_q.values():
-            for e in GRID:
-                best = min(items, key=lambda s: abs(s["rt"] / max(1, s["t_ref"]) - e))
-                if abs(best["rt"] / max(1, best["t_ref"]) - e) <= a.tol:
-                    bins[e].append(best)
+                by_q[s["q"]].append((s["rt"] / max(1, s["t_ref"]), s))
+        for _, e, s in relabel(by_q, GRID, a.tol):
+            bins[e].append(s)
     else:
         for s in samples:
             ratio = s["rt"] / max(1, s["t_ref"])
