@@ -159,6 +159,7 @@ class Recipe:
 
     kind = "other"
     control = None  # server.manifest.Control for prompt-controlled effort (e1)
+    evaluator = None  # a vLLM Evaluator the recipe opened in prepare(); the evaluation reuses it
 
     @classmethod
     def module_doc(cls) -> str:
@@ -583,7 +584,7 @@ def evaluate_adapter(folder: Path, recipe: Recipe, cfg: RLConfig, model_path: st
     from server.manifest import AdapterManifest
     from training.evaluate import Evaluator
 
-    ev = getattr(recipe, "evaluator", None) or Evaluator(model_path)  # e1 opened one to sample its warm-up
+    ev = recipe.evaluator or Evaluator(model_path)  # one engine per process (e1 opens it to sample its warm-up)
     extra = recipe.finish(folder, ev) or {}  # may rewrite the manifest (e1's calibration)
     res = eval_full(ev, folder, AdapterManifest.read(folder), recipe.ctx.task, cfg.task, cfg.eval_n, log)
     return {**res, **extra}

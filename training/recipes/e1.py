@@ -150,7 +150,6 @@ class E1(Recipe):
         super().__init__(cfg, ctx)
         self.t_ref: dict[str, float] = {}
         self.warmup: dict = {}
-        self.evaluator = None  # vLLM on the base: warm-up samples, then the evaluation
 
     def hyper(self) -> dict:
         return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": "base greedy length",
