@@ -15,6 +15,7 @@ through the gateway, so the ratio is what the effort layer adds on top of the up
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import EngineSettings, default_model, has_gpu
+from .engine import EngineSettings, default_model, has_gpu, kv_cache_bytes
 
 
 @dataclass
@@ -63,6 +64,9 @@ def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], s
         cmd += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
     if not has_gpu():
         cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
+    kv = kv_cache_bytes(dataclasses.replace(s, model=model))
+    if kv:
+        cmd += ["--kv-cache-memory-bytes", str(kv)]
     return cmd
 
 

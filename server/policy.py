@@ -5,7 +5,12 @@ Budget: effort 0 → 0 (answer at once); effort 1 → no effort budget; otherwis
 ``clamp(ceil(effort × L̂ × slack), min_budget, max_budget)`` with L̂ the predicted full-effort
 reasoning length of the model that runs the request — the router's per-prompt prediction (a
 measured length from the online history first, for a prompt seen before) when a router is
-loaded and knows that model, else the model manifest's default. Then, always:
+loaded and knows that model, else the model manifest's default. An adapter with an effort
+control (e1: the effort written into its prompt, calibrated) sets its own length, so its
+budget for 0 < effort < 1 is only a backstop at one full-effort path, ``ceil(L̂ × slack)``:
+``effort × L̂ × slack`` cut 24–56% of e1's own calibrated paths (measured on the 500 test
+prompts at efforts 0.25 / 0.5 / 0.75: accuracy 66.8 / 80.4 / 64.6% against 99.4 / 98.0 / 90.8%
+with the control alone). Then, always:
 the request's `thinking_token_budget` caps it, and so does `max_tokens` minus the answer
 reserve (plus the two think markers), so reasoning never consumes the whole output limit.
 
@@ -166,6 +171,11 @@ class Policy:
         elif value >= 1:
             budget = None
             why.append("full effort: no effort budget")
+        elif adapter is not None and adapter.manifest.control.kind != "none":
+            raw = math.ceil(full * self.s.budget_slack)
+            budget = max(self.s.min_budget, raw)
+            why.append(f"{adapter.name} sets its own length from the effort in its prompt; "
+                       f"backstop budget=ceil({full:.1f}x{self.s.budget_slack:g})={raw}")
         else:
             raw = math.ceil(value * full * self.s.budget_slack)
             budget = max(self.s.min_budget, raw)

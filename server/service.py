@@ -131,16 +131,21 @@ class Service:
         if self.settings.upstream:
             await self._start_gateway()
             return
+        t0 = time.perf_counter()
         prepare_env(self.engine_settings.model or default_model())
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        t1 = time.perf_counter()
         kw = engine_kwargs(self.engine_settings, self.manifest.think_start, self.manifest.think_end)
         kw["max_lora_rank"] = max([kw["max_lora_rank"], *(self._rank(a) for a in self.adapters.values())])
         vllm_config = AsyncEngineArgs(**kw).create_engine_config(UsageContext.OPENAI_API_SERVER)
+        t2 = time.perf_counter()
         with fork_engine_core():
             self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[stat_logger_factory(self.metrics)])
+        log.info("engine up in %.1f s: vLLM import %.1f s, config %.1f s, engine core %.1f s",
+                 time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2)
         self.tokenizer = self.llm.tokenizer
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
         self.max_model_len = self.engine_settings.max_model_len

@@ -50,6 +50,22 @@ def test_decide_effort_and_budget(kw, effort, budget):
     assert d.route == "fixed" and d.reason
 
 
+@pytest.mark.parametrize("kw,budget", [
+    (dict(effort="low"), 120),                                  # backstop ceil(100 x 1.2), not 30
+    (dict(effort=0.75), 120),
+    (dict(effort=0.01), 120),
+    (dict(effort=1.0), None),
+    (dict(effort=0), 0),
+    (dict(effort="low", thinking_token_budget=50), 50),         # the request's budget still caps
+    (dict(effort="low", max_tokens=40), 22),                    # ... and so does the answer reserve
+])
+def test_adapter_with_effort_control_gets_a_backstop_budget(kw, budget):
+    """e1 reads the effort from its prompt: the effort-scaled budget would cut its own paths."""
+    d = policy().decide(model="e1", **kw)
+    assert d.thinking_budget == budget and d.control == "prompt-prefix", d.reason
+    assert policy().decide(model="dler", effort="low").thinking_budget == 30  # no control: effort budget
+
+
 @pytest.mark.parametrize("settings,kw,budget", [
     (dict(max_budget=20), dict(effort=1.0), 20),
     (dict(max_budget=20), dict(effort="medium"), 20),
