@@ -171,8 +171,8 @@ def run_bench(cfg: BenchConfig) -> str:
             for stream in (False, True):
                 key = (conc, stream)
                 results[key] = {"vllm": [], "ours": []}
-                for _ in range(cfg.repeats):
-                    for name in ("vllm", "ours"):
+                for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
+                    for name in (("vllm", "ours"), ("ours", "vllm"))[rep % 2]:
                         results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream, cfg.max_tokens)))
     finally:
         for p in procs.values():
