@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _start(cmd, log_path: Path, url: str):
-    prepare_env()  # vLLM's CPU settings (KV cache size, no thread binding) for the vLLM server too
+    prepare_env()  # vLLM's CPU settings (no thread binding) for the vLLM server too; vllm_cmd sizes its KV cache
     return start(cmd, log_path, url)
 
 
