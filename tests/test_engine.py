@@ -78,8 +78,11 @@ def _alive(pid: int) -> bool:
 def test_engine_core_dies_with_a_killed_server(mode):
     """SIGKILL the parent: a child forked under `fork_engine_core` is gone within seconds; a
     plain fork (the control) is orphaned and lives on."""
+    # a user's VLLM_WORKER_MULTIPROC_METHOD turns fork_engine_core off; vLLM's CPU platform sets it to
+    # `spawn` in the environment of any process that built an engine (this test session, before us)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
     parent = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+                              env={**env, "PYTHONPATH": str(REPO)})
     child = int(parent.stdout.readline())
     try:
         assert _alive(child)
