@@ -165,13 +165,15 @@ class Policy:
         why = [f"{source}={requested if requested is not None else self.s.default_effort}->"
                + (f"auto: route {predicted['route']} (p={predicted['p_correct']:.3f}, best {predicted['best_p_correct']:.3f}, "
                   f"margin {self.margin:g})" if route_kind == "auto" else f"{value:g}")]
+        control = adapter.manifest.control.kind if adapter is not None else None
+        control = None if control == "none" else control
         if value <= 0:
             budget: int | None = 0
             why.append("no thinking")
         elif value >= 1:
             budget = None
             why.append("full effort: no effort budget")
-        elif adapter is not None and adapter.manifest.control.kind != "none":
+        elif control is not None:
             raw = math.ceil(full * self.s.budget_slack)
             budget = max(self.s.min_budget, raw)
             why.append(f"{adapter.name} sets its own length from the effort in its prompt; "
@@ -191,9 +193,6 @@ class Policy:
             if budget is None or budget > cap:
                 budget = cap
                 why.append(f"output limit {max_tokens} - answer reserve {self.s.answer_reserve} - 2 markers -> {cap}")
-        control = None
-        if adapter is not None and adapter.manifest.control.kind != "none":
-            control = adapter.manifest.control.kind
         if adapter is not None:
             why.append(f"adapter {adapter.name}" + (" (requested)" if explicit else " (router)" if route_kind == "auto"
                                                     else " (effort rule)"))
