@@ -2,8 +2,10 @@
 
 Both servers run at once (separate processes and ports). For each scenario (concurrency 1 and
 16, streaming and not) the same requests go to vLLM, then to ours, `--repeats` times
-alternating; the table shows medians over repeats and the ratio ours / vLLM:
-output tokens/s, p50 / p99 end-to-end latency, p50 time to first token.
+alternating; the table shows medians over repeats of output tokens/s, p50 / p99 end-to-end
+latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
+ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
+both sides of a ratio and not one side of the medians).
 Requests are greedy chat completions at full effort (no budget), so both servers generate the
 same tokens and the difference is serving overhead.
 
@@ -199,10 +201,12 @@ def _table(results, ready, upstream: bool = False) -> str:
             v = vals[n]
             lines.append(f"| {conc} | {'yes' if stream else 'no'} | {n} | {v['throughput']:.0f} | {v['p50']:.3f} | "
                          f"{v['p99']:.3f} | {v['ttft50']:.3f} |")
-        r = {k: vals["ours"][k] / vals["vllm"][k] for k in vals["ours"]}
+        r = {k: statistics.median(o[k] / v[k] for o, v in zip(by["ours"], by["vllm"])) for k in vals["ours"]}
         lines.append(f"| {conc} | {'yes' if stream else 'no'} | **ours / vLLM** | **{r['throughput']:.2f}** | "
                      f"**{r['p50']:.2f}** | {r['p99']:.2f} | {r['ttft50']:.2f} |")
     lines.append("")
+    lines.append("Values: medians over repeats; ours / vLLM: the median of the per-repeat ratios (the two runs of "
+                 "a repeat are back to back).")
     if upstream:
         lines.append("Gateway mode: `vllm` = vLLM's server called directly, `ours` = the same server through "
                      "`effort serve --upstream`.")
