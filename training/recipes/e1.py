@@ -45,7 +45,13 @@ What did not work (one re-check pass in the base, or no decision weighting):
   four digit tokens of the text, and an unweighted loss never makes the model look there);
   weighted ×20 at lr 2e-3: ratios rose with effort but accuracy fell to 67–78%
   (`scripts/e1_warmup_probe.py` reproduces these probes);
-- sampling the warm-up with HF generate on one thread took the whole 15-minute cap.
+- sampling the warm-up with HF generate on one thread took the whole 15-minute cap;
+- the shipped e1's misses at effort 1 (6 of 500 test prompts) are mostly a third re-check pass
+  or a step past the last digit after the base's two passes, so the think-end marker was also
+  weighted ×5 in every warm-up completion (the longest path's stop is a decision no sibling
+  parts from): full-effort length went to 0.99–1.00 of the base's (ratios 0.28 / 0.49 / 0.84 /
+  1.00 at 0.25 / 0.5 / 0.75 / 1.0) but accuracy at 1.0 fell to 96.8% (0.5: 88.2%); not kept.
+  Update-selective merging of the shipped e1 (keep 0.5 of each update) gave 97.8% at 1.0.
 """
 
 from __future__ import annotations
