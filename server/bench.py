@@ -6,8 +6,10 @@ alternating; the table shows medians over repeats of output tokens/s, p50 / p99 
 latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
 ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
 both sides of a ratio and not one side of the medians).
-Requests are greedy chat completions at full effort (no budget), so both servers generate the
-same tokens and the difference is serving overhead.
+Requests are greedy chat completions at full effort, each carrying the thinking budget our
+server enforces at full effort anyway (`full_effort_budget`: max_tokens − answer reserve − 2), so
+both servers generate the same tokens, both engines track the same budget, and the difference
+is serving overhead.
 
 `--upstream`: gateway overhead instead — vLLM's server is the upstream and ours runs as a
 gateway in front of it (`effort serve --upstream`); the same requests go to vLLM directly and
@@ -50,6 +52,16 @@ class BenchConfig:
             raise ValueError("--concurrency must be a comma list of integers") from None
         if not self.levels or min(self.levels) < 1:
             raise ValueError("--concurrency needs integers >= 1")
+
+
+def full_effort_budget(max_tokens: int) -> int:
+    """The thinking budget our server enforces on a full-effort request with `max_tokens` (the
+    answer reserve and the two think markers kept out of reasoning). The bench sends it to both
+    servers, so both engines do the same work: a vLLM user who wants reasoning never to eat the
+    whole output limit sets `thinking_token_budget` the same way."""
+    from .config import ServerSettings
+
+    return max(0, max_tokens - ServerSettings().answer_reserve - 2)
 
 
 def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], served: str = "bench",
@@ -95,9 +107,11 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300, path: str
     raise RuntimeError(f"server {url} not ready after {timeout} s")
 
 
-async def _one(client, url: str, question: str, stream: bool, max_tokens: int) -> dict:
+async def _one(client, url: str, question: str, stream: bool, max_tokens: int, budget: int | None = None) -> dict:
     body = {"model": "bench", "messages": [{"role": "user", "content": question}], "temperature": 0,
             "max_tokens": max_tokens, "stream": stream}
+    if budget is not None:
+        body["thinking_token_budget"] = budget
     if stream:
         body["stream_options"] = {"include_usage": True}
     t0 = time.perf_counter()
@@ -123,7 +137,8 @@ async def _one(client, url: str, question: str, stream: bool, max_tokens: int) -
     return {"e2e": e2e, "ttft": ttft if ttft is not None else e2e, "tokens": tokens}
 
 
-async def _scenario(url: str, questions: list[str], concurrency: int, stream: bool, max_tokens: int) -> dict:
+async def _scenario(url: str, questions: list[str], concurrency: int, stream: bool, max_tokens: int,
+                    budget: int | None = None) -> dict:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
@@ -131,7 +146,7 @@ async def _scenario(url: str, questions: list[str], concurrency: int, stream: bo
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def run(q):
             async with sem:
-                return await _one(client, url, q, stream, max_tokens)
+                return await _one(client, url, q, stream, max_tokens, budget)
         t0 = time.perf_counter()
         rows = await asyncio.gather(*(run(q) for q in questions))
         wall = time.perf_counter() - t0
@@ -155,6 +170,7 @@ def run_bench(cfg: BenchConfig) -> str:
     except Exception:
         think = ("<think>", "</think>")
     questions = [p.question for p in DigitsTask().problems("dev", cfg.requests, seed=1)]
+    budget = full_effort_budget(cfg.max_tokens)
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     urls = {"vllm": f"http://127.0.0.1:{cfg.port}", "ours": f"http://127.0.0.1:{cfg.port + 1}"}
@@ -167,7 +183,7 @@ def run_bench(cfg: BenchConfig) -> str:
             procs[name] = subprocess.Popen(cmds[name], stdout=log, stderr=subprocess.STDOUT, env=env)
             ready[name] = wait_ready(urls[name], procs[name])
         for name in urls:  # warm-up
-            asyncio.run(_scenario(urls[name], questions[:8], 4, False, cfg.max_tokens))
+            asyncio.run(_scenario(urls[name], questions[:8], 4, False, cfg.max_tokens, budget))
         results: dict[tuple, dict[str, list[dict]]] = {}
         for conc in cfg.levels:
             for stream in (False, True):
@@ -175,7 +191,8 @@ def run_bench(cfg: BenchConfig) -> str:
                 results[key] = {"vllm": [], "ours": []}
                 for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
                     for name in (("vllm", "ours"), ("ours", "vllm"))[rep % 2]:
-                        results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream, cfg.max_tokens)))
+                        results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream,
+                                                                        cfg.max_tokens, budget)))
     finally:
         for p in procs.values():
             p.terminate()

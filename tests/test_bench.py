@@ -33,3 +33,13 @@ def test_ratio_pairs_each_repeat_not_the_medians():
     ours = [run(100, 1.05), run(100, 2.1), run(100, 2.9)]
     _, p50, _, _ = ratio_cells(_table({(16, True): {"vllm": vllm, "ours": ours}}, {"vllm": 1.0, "ours": 1.0}))
     assert float(p50) == 1.05
+
+
+@pytest.mark.parametrize("max_tokens", [256, 40, 10])
+def test_bench_budget_is_what_our_policy_enforces_at_full_effort(max_tokens):
+    from server.bench import full_effort_budget
+    from server.config import ServerSettings
+    from server.policy import Policy
+
+    d = Policy(ServerSettings(), {}, "tiny", full_effort_tokens=100).decide(model=None, effort=1.0, max_tokens=max_tokens)
+    assert full_effort_budget(max_tokens) == d.thinking_budget
