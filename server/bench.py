@@ -35,8 +35,8 @@ from .engine import EngineSettings, default_model, has_gpu, kv_cache_bytes
 @dataclass
 class BenchConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
-    requests: int = field(default=64, metadata={"help": "requests per scenario"})
-    repeats: int = field(default=3, metadata={"help": "alternating repeats per scenario (medians reported)"})
+    requests: int = field(default=32, metadata={"help": "requests per scenario"})
+    repeats: int = field(default=4, metadata={"help": "alternating repeats per scenario (medians; ratios: median of the pairs)"})
     max_tokens: int = field(default=256, metadata={"help": "max tokens per request"})
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
