@@ -60,8 +60,9 @@ def full_effort_budget(max_tokens: int) -> int:
     servers, so both engines do the same work: a vLLM user who wants reasoning never to eat the
     whole output limit sets `thinking_token_budget` the same way."""
     from .config import ServerSettings
+    from .policy import reasoning_cap
 
-    return max(0, max_tokens - ServerSettings().answer_reserve - 2)
+    return reasoning_cap(max_tokens, ServerSettings().answer_reserve)
 
 
 def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], served: str = "bench",

@@ -34,6 +34,12 @@ from .registry import Adapter
 from .router import BASE, History, Router, choose
 
 
+def reasoning_cap(max_tokens: int, answer_reserve: int) -> int:
+    """The most reasoning tokens a request with `max_tokens` may spend: the answer reserve and
+    the two think markers stay out of reasoning."""
+    return max(0, max_tokens - answer_reserve - 2)
+
+
 @dataclass(frozen=True)
 class EffortDecision:
     effort: float
@@ -189,7 +195,7 @@ class Policy:
             budget = thinking_token_budget
             why.append(f"request thinking_token_budget {budget}")
         if max_tokens is not None:
-            cap = max(0, max_tokens - self.s.answer_reserve - 2)
+            cap = reasoning_cap(max_tokens, self.s.answer_reserve)
             if budget is None or budget > cap:
                 budget = cap
                 why.append(f"output limit {max_tokens} - answer reserve {self.s.answer_reserve} - 2 markers -> {cap}")
