@@ -51,7 +51,16 @@ What did not work (one re-check pass in the base, or no decision weighting):
   weighted ×5 in every warm-up completion (the longest path's stop is a decision no sibling
   parts from): full-effort length went to 0.99–1.00 of the base's (ratios 0.28 / 0.49 / 0.84 /
   1.00 at 0.25 / 0.5 / 0.75 / 1.0) but accuracy at 1.0 fell to 96.8% (0.5: 88.2%); not kept.
-  Update-selective merging of the shipped e1 (keep 0.5 of each update) gave 97.8% at 1.0.
+  Update-selective merging of the shipped e1 (keep 0.5 of each update) gave 97.8% at 1.0;
+- 19% of the base's correct temperature-1 samples (499 of 2,653 in 16 × 384) reach the right
+  answer by luck: a step invented after the re-check, wrong steps that cancel, a cut re-check
+  whose last sum happens to be the answer — the same shape as the shipped e1's misses. Keeping
+  only samples whose reasoning is a taught path (a check of every step, thrown away since) made
+  the warm-up cleaner (full effort 1.00 of the base's length, 98% on the 64 probe prompts) but
+  the full runs worse at effort 1: 75.4% (22 GRPO steps; the re-check passes come out skipped
+  or garbled) and, with KL 0.2 to the warmed-up adapter, 89.6% (17 steps). The control values
+  at 0.85 / 0.9 / 0.95 / 1.0 of the shipped e1 on 500 dev prompts (no calibration): 91.2 / 98.4 /
+  98.8 / 96.6% — its calibration already picks 0.95 for effort 1.
 """
 
 from __future__ import annotations
