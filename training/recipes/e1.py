@@ -58,7 +58,9 @@ What did not work (one re-check pass in the base, or no decision weighting):
   only samples whose reasoning is a taught path (a check of every step, thrown away since) made
   the warm-up cleaner (full effort 1.00 of the base's length, 98% on the 64 probe prompts) but
   the full runs worse at effort 1: 75.4% (22 GRPO steps; the re-check passes come out skipped
-  or garbled) and, with KL 0.2 to the warmed-up adapter, 89.6% (17 steps). The control values
+  or garbled) and, with KL 0.2 to the warmed-up adapter, 89.6% (17 steps); the warm-up alone
+  (one GRPO step at learning rate 0) 97.8% at 1 but ratios 0.25 / 0.30 / 0.70 / 0.99 with 53.6%
+  at 0.25, so GRPO is what tracks and what costs accuracy at 1 here. The control values
   at 0.85 / 0.9 / 0.95 / 1.0 of the shipped e1 on 500 dev prompts (no calibration): 91.2 / 98.4 /
   98.8 / 96.6% — its calibration already picks 0.95 for effort 1.
 """
