@@ -62,7 +62,9 @@ What did not work (one re-check pass in the base, or no decision weighting):
   (one GRPO step at learning rate 0) 97.8% at 1 but ratios 0.25 / 0.30 / 0.70 / 0.99 with 53.6%
   at 0.25, so GRPO is what tracks and what costs accuracy at 1 here. The control values
   at 0.85 / 0.9 / 0.95 / 1.0 of the shipped e1 on 500 dev prompts (no calibration): 91.2 / 98.4 /
-  98.8 / 96.6% — its calibration already picks 0.95 for effort 1.
+  98.8 / 96.6% — its calibration already picks 0.95 for effort 1. The shipped warm-up with GRPO
+  paying nothing at efforts >= 0.85 unless the path is sound (10 GRPO steps in the cap): 94.0%
+  at 1.0 (hard prompts 84%), ratios 0.31 / 0.37 / 0.71 / 0.87 — worse; not kept.
 """
 
 from __future__ import annotations
