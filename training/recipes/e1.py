@@ -65,6 +65,14 @@ What did not work (one re-check pass in the base, or no decision weighting):
   98.8 / 96.6% — its calibration already picks 0.95 for effort 1. The shipped warm-up with GRPO
   paying nothing at efforts >= 0.85 unless the path is sound (10 GRPO steps in the cap): 94.0%
   at 1.0 (hard prompts 84%), ratios 0.31 / 0.37 / 0.71 / 0.87 — worse; not kept.
+- A supervised anchor after GRPO (branch `e1-anchor`: 40 steps at lr 2e-4 on the base's greedy
+  completions of 512 training prompts under the control 0.95 or 1.0, mixed one to one with the
+  adapter's own correct greedy completions at controls up to 0.85). On top of the shipped e1,
+  recalibrated: 100% at effort 1, ratios 0.33 / 0.49 / 0.83 / 1.00 (all targets met; without the
+  replay half every control from 0.40 up went to full length). Inside the recipe's own run it
+  needs time from the cap: with 4 minutes kept for it (1 GRPO step left) 99.8% at 1 but 0.75
+  realised 0.995; with --minutes 19 (19 GRPO steps) 99.8% at 1, ratios 0.39 / 0.54 / 0.81 / 1.00
+  (0.25 off by 0.14) — not shipped yet.
 """
 
 from __future__ import annotations
