@@ -200,6 +200,8 @@ def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
     assert {"prompt_id", "effort", "completion_tokens", "correct"} <= set(roll[0])
     if kind == "e1":
         assert m.control.kind == "prompt-prefix" and {r["effort"] for r in roll} <= {round(0.2 + 0.05 * i, 2) for i in range(17)}
+        anchor = m.training["hyper"]["anchor"]  # the supervised anchor after GRPO ran on the base's completions
+        assert anchor["steps"] == 2 and anchor["prompts"] == 4 and anchor["base_full"] >= 1
     assert AdapterManifest.read(folder) == m
     assert not list(quick_adapters.glob(".*partial*"))
 
