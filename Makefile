@@ -41,7 +41,7 @@ report: setup
 adapters: setup
 	.venv/bin/effort train dler --force
 	.venv/bin/effort train dler-da --force
-	.venv/bin/effort train e1 --force --max-steps 240
+	.venv/bin/effort train e1 --force --max-steps 240 --minutes 19
 	.venv/bin/effort merge --adapter dler --force
 	$(MAKE) adapters-report
 

@@ -7,6 +7,7 @@ the server gives them to vLLM's reasoning config as strings, never as token ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -66,14 +67,22 @@ class Control(BaseModel):
 
     ``calibration`` (written by e1's calibration step) maps a requested effort to the control
     value whose realised reasoning length is that fraction of full: points
-    ``[requested, control]``, linearly interpolated, clamped at the ends; empty = identity."""
+    ``[requested, control]``, clamped at the ends; empty = identity. Between two points the
+    control value is linearly interpolated, or, with ``mix``, one of the two points' controls is
+    used — the upper one for a fraction of prompts equal to the position between them, chosen by
+    a hash of the prompt (the same prompt always gets the same control, and a higher effort never
+    a lower one). A model whose length comes in a few discrete paths (a plain chain, a partial
+    re-check, the whole re-check) meets an effort between two paths on average that way, where an
+    interpolated control value it was never trained on lands on either path unpredictably."""
 
     kind: Literal["prompt-prefix", "none"] = "none"
     template: str = "{prompt}"
     effort_format: str = "{:.2f}"
     calibration: list[tuple[float, float]] = Field(default_factory=list)
+    mix: bool = False
 
-    def value_for(self, effort: float) -> float:
+    def value_for(self, effort: float, key: str = "") -> float:
+        """The control value for a requested effort; `key` (the prompt) picks the side of a mix."""
         pts = sorted(self.calibration)
         if not pts:
             return effort
@@ -81,7 +90,10 @@ class Control(BaseModel):
             return pts[0][1]
         for (e0, c0), (e1, c1) in zip(pts, pts[1:]):
             if effort <= e1:
-                return c0 if e1 == e0 else c0 + (effort - e0) / (e1 - e0) * (c1 - c0)
+                t = 0.0 if e1 == e0 else (effort - e0) / (e1 - e0)
+                if self.mix:
+                    return c1 if _unit(key) < t else c0
+                return c0 + t * (c1 - c0)
         return pts[-1][1]
 
     def render(self, prompt: str, value: float) -> str:
@@ -92,7 +104,12 @@ class Control(BaseModel):
 
     def apply(self, prompt: str, effort: float) -> str:
         """The prompt for a requested effort (through the calibration)."""
-        return self.render(prompt, self.value_for(effort))
+        return self.render(prompt, self.value_for(effort, prompt))
+
+
+def _unit(key: str) -> float:
+    """A number in [0, 1) fixed by `key` (uniform over keys)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0 ** 64
 
 
 class AdapterManifest(_Manifest):

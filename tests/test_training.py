@@ -13,7 +13,7 @@ import pytest
 
 from training.recipes.dler import dler_reward
 from training.recipes.dler_da import da_limit, update_pass_rate
-from training.recipes.e1 import calibration_map, decision_weights, e1_reward, relabel
+from training.recipes.e1 import calibration_points, decision_weights, e1_reward, relabel
 from training.rl import Rollout, group_keep_mask, parse_rollout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,14 +64,12 @@ def test_e1_reward(rollout, t_ref, want):
     assert e1_reward(rollout, t_ref, band=0.3) == pytest.approx(want)
 
 
-def test_calibration_map_inverts_the_realised_curve():
-    realised = {0.1: 0.05, 0.5: 0.45, 1.0: 1.0, 0.7: 0.40}  # non-monotone point is flattened
-    cal = dict((e, c) for e, c in calibration_map(realised, targets=[0.02, 0.25, 0.45, 0.725, 1.0, 1.2]))
-    assert cal[0.02] == 0.1  # below reach: lowest control
-    assert cal[0.25] == pytest.approx(0.1 + (0.2 / 0.4) * 0.4)
-    assert cal[0.45] == pytest.approx(0.5)
-    assert 0.7 < cal[0.725] < 1.0
-    assert cal[1.0] == 1.0 and cal[1.2] == 1.0
+def test_calibration_points_start_at_the_shortest_path_and_keep_each_rise():
+    realised = {0.2: 0.31, 0.25: 0.30, 0.35: 0.31, 0.4: 0.66, 0.45: 0.64, 0.5: 0.78, 0.6: 0.79, 0.9: 0.94, 1.0: 0.97}
+    assert calibration_points(realised) == [[0.30, 0.25], [0.66, 0.4], [0.78, 0.5], [0.94, 0.9], [0.97, 1.0]]
+    assert calibration_points({0.5: 0.4}) == [[0.4, 0.5]]
+    # the shortest path starts the curve, wherever its control is
+    assert calibration_points({0.2: 0.34, 0.3: 0.31, 0.4: 0.64, 1.0: 0.95}) == [[0.31, 0.3], [0.64, 0.4], [0.95, 1.0]]
 
 
 def test_relabel_picks_per_prompt_and_effort_the_nearest_fitting_sample():
@@ -126,6 +124,28 @@ def test_control_applies_calibration():
     assert c.value_for(0.05) == 0.1 and c.value_for(1.0) == 1.0
     assert c.apply("a1 b2", 0.4).startswith("Think for effort 0.30 of full.\n")
     assert CONTROL.apply("a1 b2", 0.4).startswith("Think for effort 0.40 of full.\n")  # no calibration = identity
+
+
+def test_mixing_control_serves_an_effort_between_two_paths_as_a_per_prompt_mixture():
+    from training.recipes.e1 import CONTROL
+
+    from server.manifest import Control
+
+    c = Control.model_validate({**CONTROL.model_dump(), "calibration": [[0.3, 0.2], [0.7, 0.4], [1.0, 1.0]], "mix": True})
+    prompts = [f"a{i} b{i % 7}" for i in range(2000)]
+    assert {c.value_for(0.1, p) for p in prompts} == {0.2} and {c.value_for(1.0, p) for p in prompts} == {1.0}
+    assert {c.value_for(0.7, p) for p in prompts} == {0.4}  # on a point: its control, for every prompt
+    for effort, hi in ((0.4, 0.4), (0.5, 0.4), (0.6, 0.4), (0.85, 1.0)):
+        lo = 0.2 if hi == 0.4 else 0.4
+        got = [c.value_for(effort, p) for p in prompts]
+        assert set(got) == {lo, hi}  # only trained control values, never one between
+        share = got.count(hi) / len(got)
+        want = (effort - 0.3) / 0.4 if hi == 0.4 else 0.5
+        assert share == pytest.approx(want, abs=0.04)  # the average realised ratio is the effort
+    for p in prompts[:200]:  # per prompt: the same control every time, never lower for a higher effort
+        seq = [c.value_for(e / 20, p) for e in range(21)]
+        assert seq == sorted(seq) and seq == [c.value_for(e / 20, p) for e in range(21)]
+    assert c.apply("a1 b2", 0.1).startswith("Think for effort 0.20 of full.\n")
 
 
 @pytest.mark.parametrize("rewards,group,want", [
@@ -200,6 +220,8 @@ def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
     assert {"prompt_id", "effort", "completion_tokens", "correct"} <= set(roll[0])
     if kind == "e1":
         assert m.control.kind == "prompt-prefix" and {r["effort"] for r in roll} <= {round(0.2 + 0.05 * i, 2) for i in range(17)}
+        anchor = m.training["hyper"]["anchor"]  # the supervised anchor after GRPO ran on the base's completions
+        assert anchor["steps"] == 2 and anchor["prompts"] == 4 and anchor["base_full"] >= 1
     assert AdapterManifest.read(folder) == m
     assert not list(quick_adapters.glob(".*partial*"))
 

@@ -160,6 +160,7 @@ class Recipe:
     kind = "other"
     control = None  # server.manifest.Control for prompt-controlled effort (e1)
     evaluator = None  # a vLLM Evaluator the recipe opened in prepare(); the evaluation reuses it
+    reserve_s = 0.0  # seconds of the --minutes cap kept for polish() after GRPO
 
     @classmethod
     def module_doc(cls) -> str:
@@ -191,6 +192,10 @@ class Recipe:
 
     def reward(self, rollouts: list[Rollout]) -> list[float]:
         raise NotImplementedError
+
+    def polish(self, problems, log=print) -> None:
+        """Run once after GRPO, before the adapter is saved (e1's anchor); `ctx.model` is the
+        trained peft model."""
 
     def state(self) -> dict:
         return {}
@@ -380,7 +385,7 @@ def _callbacks(recipe: Recipe, run_dir: Path, cfg: RLConfig, t_start: float, pri
             _write_jsonl(log_path, [row])
 
         def on_step_end(self, args, state, control, **kw):
-            if prior_wall + time.time() - t_start > cfg.minutes * 60:
+            if prior_wall + time.time() - t_start > cfg.minutes * 60 - recipe.reserve_s:
                 control.should_training_stop = True
                 control.should_save = True
 
@@ -550,6 +555,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     trainer.recipe = recipe
     trainer.dynamic_sampling = not cfg.no_dynamic_sampling
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    recipe.polish(problems, log)
     wall = prior_wall + time.time() - t_start
     steps = trainer.state.global_step
 

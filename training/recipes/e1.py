@@ -6,9 +6,11 @@
 - T(x) = the reference full-effort reasoning length of prompt x: the base model's greedy
   length, measured before training, then a running average of correct rollouts at r ≥ 0.95.
 - Reward: a correct answer whose reasoning length ℓ is near r × T(x).
-- After training, a calibration measures the realised ratio ℓ / T(x) at control values 0.1 … 1.0
-  on dev prompts through vLLM and stores the monotone inverse map in the manifest's control, so
-  a request for effort r writes the control value whose realised length is r × full.
+- After training, a calibration measures the realised ratio ℓ / T(x) at the trained control
+  values 0.20 … 1.00 on 100 dev prompts through vLLM and stores, in the manifest's control, the
+  points where the realised ratio rises (`calibration_points`) with ``mix``: a request for effort r
+  between two points gets one of their two control values, the upper one for the share of
+  prompts (a hash of the prompt) that makes the average realised ratio r.
 
 Departures:
 - A warm-up before GRPO (`E1.prepare`): hindsight relabelling of the base's own samples with a
@@ -24,6 +26,22 @@ Departures:
   1 − |ℓ/T(x) − r| / band (band 0.3, floored at 0): with the one-sided rule effort 1.0 earns as
   much for a short path as for a full one, so nothing keeps effort 1.0 near full length. T(x) is
   not updated from rollouts at lower efforts (that would chase its own shrinking tail).
+- An anchor after GRPO (`E1.polish`, 4 minutes kept out of the cap for it): 40 supervised steps
+  at lr 2e-4 on the base's greedy completions of 512 training prompts under the control 0.95 or
+  1.0, mixed with the trained adapter's own correct greedy completions of the same prompts at a
+  control drawn up to 0.85, and its own greedy completions at control 0.2 whose length ratio is
+  ≤ 0.4, written under 0.2, 0.25 or 0.3. GRPO is what makes length track effort and what costs
+  accuracy at full effort (a third re-check pass, a step past the last digit); the anchor pulls
+  full effort back onto the base's path. Without the replay, every control from 0.40 up realised
+  ≥ 0.98 of full length (effort 0.75 lost its middle path); without the control-0.2 half, the
+  full-length examples leaked into the lowest controls (effort 0.25 realised 0.39 of full).
+- The calibration mixes two trained control values instead of interpolating one (the paper's
+  model reads any fraction). This model's length comes in three paths — the plain chain (≈ 0.31
+  of full), a partial re-check (0.64–0.79) and the whole re-check — so the realised ratio is a
+  step function of the control; an interpolated control it was never trained on ("0.38",
+  "0.49") landed on either neighbouring path from one run to the next (effort 0.5 realised 0.35
+  in one run and 0.54 in another, effort 0.75 0.97 of full). Each request gets one path; the
+  average over prompts is the effort.
 
 Measured on the shipped embedded model (`make adapters`; 15-minute cap: sampling ≈ 4 min,
 warm-up ≈ 6 min, then 13 GRPO steps): the warm-up moves the held-out greedy length ratio at
@@ -77,9 +95,13 @@ What did not work (one re-check pass in the base, or no decision weighting):
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
+from types import SimpleNamespace
 
 from server.manifest import Control
+from server.reasoning import split_ids
 from training.rl import Recipe, Rollout
 
 CONTROL = Control(kind="prompt-prefix", template="Think for effort {effort} of full.\n{prompt}")
@@ -95,31 +117,19 @@ def e1_reward(r: Rollout, t_ref: float, band: float = 0.3) -> float:
     return max(0.0, 1.0 - abs(ratio - r.effort) / band)
 
 
-def calibration_map(realised: dict[float, float], targets=GRID) -> list[list[float]]:
-    """Invert realised ratio(control) into [[requested effort, control value], …].
-
-    `realised` is made monotone (running max from low control values), then each target is
-    linearly interpolated between the two control values that bracket it; targets outside the
-    reachable range get the nearest end."""
+def calibration_points(realised: dict[float, float], step: float = 0.02) -> list[list[float]]:
+    """[[realised ratio, control value], …] for a mixing calibration (``Control.mix``): first the
+    control with the lowest realised ratio (the shortest path; controls below it are dropped), then
+    the higher controls in order, each kept when its realised ratio is at least `step` above the
+    last kept one (the lowest control of each rise; noise and dips are dropped). A requested effort
+    between two points is served as the per-prompt mixture of their controls whose average realised
+    ratio is that effort."""
     cs = sorted(realised)
-    mono, best = [], -1.0
-    for c in cs:
-        best = max(best, realised[c])
-        mono.append((c, best))
-    out = []
-    for t in targets:
-        if t <= mono[0][1]:
-            out.append([t, mono[0][0]])
-            continue
-        if t >= mono[-1][1]:
-            first_top = next(c for c, v in mono if v >= mono[-1][1])
-            out.append([t, first_top])
-            continue
-        for (c0, v0), (c1, v1) in zip(mono, mono[1:]):
-            if v0 <= t <= v1:
-                c = c0 if v1 == v0 else c0 + (t - v0) / (v1 - v0) * (c1 - c0)
-                out.append([t, round(c, 3)])
-                break
+    start = min(cs, key=lambda c: (realised[c], c))
+    out = [[round(realised[start], 4), start]]
+    for c in cs[cs.index(start) + 1:]:
+        if realised[c] >= out[-1][0] + step:
+            out.append([round(realised[c], 4), c])
     return out
 
 
@@ -172,15 +182,23 @@ class E1(Recipe):
     warm_samples = 16  # … at temperature 1, this many each
     decision_weight = 5.0
     tol = 0.06  # a sample fits an effort when |its length ratio - effort| <= tol
+    anchor_prompts = 512  # after GRPO: base greedy completions of this many prompts at controls 0.95 / 1.0 …
+    anchor_replay_max = 0.85  # … plus the trained adapter's own correct greedy ones at a control <= this
+    anchor_short = (0.2, 0.25, 0.3)  # … and its own correct greedy completions at control 0.2, relabelled to these
+    anchor_short_max = 0.4  # … when their length ratio is at most this
+    anchor_steps = 40
+    anchor_lr = 2e-4
+    reserve_s = 240.0  # of the --minutes cap, for the anchor (≈ 3.7 min measured)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.t_ref: dict[str, float] = {}
         self.warmup: dict = {}
+        self.anchor: dict = {}
 
     def hyper(self) -> dict:
         return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": "base greedy length",
-                "warmup": self.warmup}
+                "warmup": self.warmup, "anchor": self.anchor}
 
     def rows(self, problems) -> list[dict]:
         rng = random.Random(self.cfg.seed + 7)
@@ -275,6 +293,69 @@ class E1(Recipe):
             out.append((r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop", t))
         return out
 
+    def polish(self, problems, log=print) -> None:
+        """The anchor: a few low-lr supervised steps after GRPO that pull full effort back onto the
+        base's own path while keeping what GRPO taught the lower efforts.
+
+        GRPO is what makes length track effort, and what costs accuracy at full effort (its misses
+        there are a third re-check pass or a step past the last digit). The anchor trains on the
+        base's greedy completions of `anchor_prompts` training prompts under the control 0.95 or
+        1.0 (one of the two, drawn per prompt), mixed one to one with the trained adapter's own
+        correct greedy completions of the same prompts at a control drawn from the grid up to
+        `anchor_replay_max` (without that replay the anchor drags every control above 0.4 to full
+        length, measured)."""
+        quick = self.cfg.quick
+        probs = problems[: 4 if quick else self.anchor_prompts]
+        model = self.ctx.model
+        with model.disable_adapter() if quick else contextlib.nullcontext():  # vLLM samples the base itself
+            full = [(pid, ids) for pid, _, ok, ids in self._complete(probs, 0.0, 1) if ok]
+        rng = random.Random(self.cfg.seed + 13)
+        low = [g for g in GRID if g <= self.anchor_replay_max]
+        effs = [rng.choice(low) for _ in probs]
+        own = self._own_greedy(probs, effs)
+        short = []  # the shortest path, taught again to the lowest controls (the anchor drifts them up)
+        if self.anchor_short:
+            for pid, _, ids in self._own_greedy(probs, [GRID[0]] * len(probs)):
+                if self._ratio(pid, ids) <= self.anchor_short_max:
+                    short.append((pid, rng.choice(self.anchor_short), ids))
+        by_c: dict[float, list[float]] = {}
+        for pid, e, ids in own + short:
+            by_c.setdefault(e, []).append(self._ratio(pid, ids))
+        replay_ratio = {f"{e:g}": round(sum(v) / len(v), 3) for e, v in sorted(by_c.items())}
+        log("e1 anchor replay, mean length ratio by control: " + ", ".join(f"{k}:{v}" for k, v in replay_ratio.items()))
+        q = {p.id: p.question for p in probs}
+        pairs = [(self.ctx.render(CONTROL.render(q[pid], rng.choice((0.95, 1.0)))), ids) for pid, ids in full]
+        pairs += [(self.ctx.render(CONTROL.render(q[pid], e)), ids) for pid, e, ids in own + short]
+        steps = 2 if quick else self.anchor_steps
+        loss = self.ctx.sft(pairs, steps=steps, lr=self.anchor_lr, seed=self.cfg.seed + 17, log=log) if pairs else 0.0
+        self.anchor = {"steps": steps, "lr": self.anchor_lr, "prompts": len(probs), "base_full": len(full),
+                       "replay": len(own), "replay_max_control": self.anchor_replay_max, "short": len(short),
+                       "short_controls": list(self.anchor_short), "replay_ratio": replay_ratio, "last_loss": round(loss, 4)}
+        log(f"e1 anchor ({steps} steps): {len(full)} base completions at 0.95 / 1.0, {len(own)} own at <= "
+            f"{self.anchor_replay_max}; loss {loss:.4f}")
+
+    def _ratio(self, pid: str, ids: list[int]) -> float:
+        """Reasoning length of a completion (ids) over the prompt's full-effort length T(x)."""
+        n = split_ids(list(ids), self.ctx.markers).reasoning_tokens
+        return n / self.t_ref.get(pid, float(max(1, n)))
+
+    def _own_greedy(self, problems, efforts) -> list[tuple[str, float, list[int]]]:
+        """(prompt id, control, completion ids) of the current adapter's correct greedy completions,
+        control `efforts[i]` written into prompt i as is (no calibration). vLLM with the adapter
+        saved to a temporary folder; `--quick` uses HF generate."""
+        eos = self.ctx.tokenizer.eos_token_id
+        if self.cfg.quick:
+            got = self.ctx.greedy(problems, [CONTROL.render(p.question, e) for p, e in zip(problems, efforts)])
+            return [(p.id, e, got[p.id][1]) for p, e in zip(problems, efforts)
+                    if got[p.id][0].correct and not got[p.id][0].truncated]
+        with tempfile.TemporaryDirectory() as tmp:
+            self.ctx.model.save_pretrained(tmp)
+            adapter = SimpleNamespace(name="e1-anchor", lora_id=13, path=tmp, manifest=SimpleNamespace(control=CONTROL))
+            rows = self.evaluator.generate(problems, self.ctx.task, adapter, [None] * len(problems),
+                                           max_tokens=self.ctx.max_completion, effort=list(efforts), keep_ids=True)
+        return [(r["id"], e, r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos])
+                for r, e in zip(rows, efforts) if r["correct"] and r["finish_reason"] == "stop"]
+
     def state(self) -> dict:
         return {"t_ref": self.t_ref, "warmup": self.warmup}
 
@@ -307,7 +388,7 @@ class E1(Recipe):
         for c in CALIBRATION_POINTS:
             rows = evaluator.generate(dev, task, adapter, [None] * len(dev), effort=c)
             realised[c] = _mean_ratio(rows, base_dev)
-        m.control = Control.model_validate({**CONTROL.model_dump(), "calibration": calibration_map(realised)})
+        m.control = Control.model_validate({**CONTROL.model_dump(), "calibration": calibration_points(realised), "mix": True})
         m.write(adapter_dir)
         adapter = Adapter(m.name, adapter_dir.resolve(), m, lora_id=12)
         test = task.problems("test", self.cfg.eval_n, 0)
