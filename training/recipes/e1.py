@@ -43,13 +43,17 @@ Departures:
   in one run and 0.54 in another, effort 0.75 0.97 of full). Each request gets one path; the
   average over prompts is the effort.
 
-Measured on the shipped embedded model (`make adapters`; 15-minute cap: sampling ≈ 4 min,
-warm-up ≈ 6 min, then 13 GRPO steps): the warm-up moves the held-out greedy length ratio at
-effort 0.25 / 1.0 from 0.26 / 0.43 with 14% accuracy (the text derails the base) to 0.27 / 0.94
-with 97%; calibration realised 0.30–0.32 at controls 0.2–0.35, 0.70–0.77 at 0.4–0.85 and
-0.87–0.89 at 0.9–1.0 (the model chooses among the plain chain, a part re-check and the whole
-one), and after calibration the 500 test prompts give ratios 0.33 / 0.43 / 0.77 / 0.93 at
-efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy 99.4 / 98.0 / 90.8 / 98.8%; base 100%).
+Measured on the shipped embedded model (`make adapters`; `--minutes 19`, 18.6 min: sampling and
+warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
+length ratio at effort 0.25 / 1.0 from 0.26 / 0.43 with 14% accuracy (the text derails the base)
+to 0.27 / 0.94 with 97%; calibration realised 0.31–0.34 at controls 0.2–0.35, 0.64–0.80 at
+0.4–0.85 and 0.94–0.96 at 0.9–1.0 (the model chooses among the plain chain, a part re-check and
+the whole one), and the 500 test prompts give ratios 0.32 / 0.55 / 0.77 / 0.97 at efforts
+0.25 / 0.5 / 0.75 / 1.0 (accuracy 99.8 / 98.2 / 96.6 / 100%; base 100%). The same recipe before
+the anchor (15-minute cap, 13 GRPO steps, interpolated calibration): 0.33 / 0.43 / 0.77 / 0.93
+(99.4 / 98.0 / 90.8 / 98.8%). The anchor with its replay at controls up to 0.85 only, on a GRPO
+checkpoint of 19 steps: 99.8% at 1, but effort 0.25 realised 0.39 (the lowest controls drifted
+to 0.35 of full on dev).
 
 What did not work (one re-check pass in the base, or no decision weighting):
 - on the first embedded model (one re-check pass) the only correct paths were the verbose
@@ -64,33 +68,30 @@ What did not work (one re-check pass in the base, or no decision weighting):
   weighted ×20 at lr 2e-3: ratios rose with effort but accuracy fell to 67–78%
   (`scripts/e1_warmup_probe.py` reproduces these probes);
 - sampling the warm-up with HF generate on one thread took the whole 15-minute cap;
-- the shipped e1's misses at effort 1 (6 of 500 test prompts) are mostly a third re-check pass
+- the pre-anchor e1's misses at effort 1 (6 of 500 test prompts) are mostly a third re-check pass
   or a step past the last digit after the base's two passes, so the think-end marker was also
   weighted ×5 in every warm-up completion (the longest path's stop is a decision no sibling
   parts from): full-effort length went to 0.99–1.00 of the base's (ratios 0.28 / 0.49 / 0.84 /
   1.00 at 0.25 / 0.5 / 0.75 / 1.0) but accuracy at 1.0 fell to 96.8% (0.5: 88.2%); not kept.
-  Update-selective merging of the shipped e1 (keep 0.5 of each update) gave 97.8% at 1.0;
+  Update-selective merging of the pre-anchor e1 (keep 0.5 of each update) gave 97.8% at 1.0;
 - 19% of the base's correct temperature-1 samples (499 of 2,653 in 16 × 384) reach the right
   answer by luck: a step invented after the re-check, wrong steps that cancel, a cut re-check
-  whose last sum happens to be the answer — the same shape as the shipped e1's misses. Keeping
+  whose last sum happens to be the answer — the same shape as the pre-anchor e1's misses. Keeping
   only samples whose reasoning is a taught path (a check of every step, thrown away since) made
   the warm-up cleaner (full effort 1.00 of the base's length, 98% on the 64 probe prompts) but
   the full runs worse at effort 1: 75.4% (22 GRPO steps; the re-check passes come out skipped
   or garbled) and, with KL 0.2 to the warmed-up adapter, 89.6% (17 steps); the warm-up alone
   (one GRPO step at learning rate 0) 97.8% at 1 but ratios 0.25 / 0.30 / 0.70 / 0.99 with 53.6%
   at 0.25, so GRPO is what tracks and what costs accuracy at 1 here. The control values
-  at 0.85 / 0.9 / 0.95 / 1.0 of the shipped e1 on 500 dev prompts (no calibration): 91.2 / 98.4 /
+  at 0.85 / 0.9 / 0.95 / 1.0 of the pre-anchor e1 on 500 dev prompts (no calibration): 91.2 / 98.4 /
   98.8 / 96.6% — its calibration already picks 0.95 for effort 1. The shipped warm-up with GRPO
   paying nothing at efforts >= 0.85 unless the path is sound (10 GRPO steps in the cap): 94.0%
   at 1.0 (hard prompts 84%), ratios 0.31 / 0.37 / 0.71 / 0.87 — worse; not kept.
-- A supervised anchor after GRPO (branch `e1-anchor`: 40 steps at lr 2e-4 on the base's greedy
-  completions of 512 training prompts under the control 0.95 or 1.0, mixed one to one with the
-  adapter's own correct greedy completions at controls up to 0.85). On top of the shipped e1,
-  recalibrated: 100% at effort 1, ratios 0.33 / 0.49 / 0.83 / 1.00 (all targets met; without the
-  replay half every control from 0.40 up went to full length). Inside the recipe's own run it
-  needs time from the cap: with 4 minutes kept for it (1 GRPO step left) 99.8% at 1 but 0.75
-  realised 0.995; with --minutes 19 (19 GRPO steps) 99.8% at 1, ratios 0.39 / 0.54 / 0.81 / 1.00
-  (0.25 off by 0.14) — not shipped yet.
+- the anchor's first form (replay at controls up to 0.85 only, interpolated calibration): on
+  top of the pre-anchor e1, 100% at 1 and ratios 0.33 / 0.49 / 0.83 / 1.00; inside one run with
+  4 minutes kept for it (1 GRPO step left) 0.75 realised 0.995 (the interpolated control "0.49"
+  went full); with --minutes 19 (19 GRPO steps) ratios 0.39 / 0.54 / 0.81 / 1.00. The
+  shortest-path half and the mixing calibration fixed both.
 """
 
 from __future__ import annotations
