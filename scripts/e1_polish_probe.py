@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 ap = argparse.ArgumentParser()
-ap.add_argument("--src", required=True)
-ap.add_argument("--out", default="runs/e1-polished")
+ap.add_argument("--src", required=True, help="adapter folder: a GRPO checkpoint (runs/e1/checkpoint-N) or, with --finish-only, a polished adapter")
+ap.add_argument("--out", default="runs/e1-polished", help="where the polished, calibrated adapter is written (replaced)")
 ap.add_argument("--finish-only", action="store_true", help="--src is already polished: calibrate and evaluate it")
 a = ap.parse_args()
 
