@@ -43,10 +43,18 @@ class _Sampling(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2 ** 63, lt=2 ** 63)  # a 64-bit integer, as OpenAI documents
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    # vLLM's sampling extras (its own server takes them too)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    min_tokens: int | None = Field(None, ge=0)
     # --- effort-server extensions -------------------------------------------------------
     effort: float | str | None = Field(
         None, description="number in [0, 1], 'low' | 'medium' | 'high', or 'auto'")
@@ -59,17 +67,27 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def n_logprobs(self) -> int | None:
+        """How many alternatives per token to return (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
 
     def output_limit(self) -> int | None:
         return self.max_tokens
+
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -97,6 +115,34 @@ class EffortReport(BaseModel):
     reason: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChatLogprobs(BaseModel):
+    """`content`: the answer's tokens, as OpenAI; `reasoning` (extension): the reasoning's tokens
+    (the think markers are in neither, as in the texts)."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+    reasoning: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape, over the tokens of `text`."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
@@ -108,7 +154,7 @@ class ChatChoice(BaseModel):
     index: int
     message: ResponseMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 def _id(prefix: str) -> str:
@@ -136,7 +182,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -153,7 +199,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
 
@@ -217,8 +263,9 @@ class ChunkWriter:
         self.head = f'data: {{"id":{_encode(id)},"object":"{obj}","created":{int(created)},"model":{_encode(model)},"choices":[{{"index":'
 
     def chat(self, index: int, role: str | None = None, content: str | None = None, reasoning: str | None = None,
-             finish_reason: str | None = None) -> str:
-        """A chat delta; `reasoning` fills both `reasoning` and `reasoning_content`."""
+             finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+        """A chat delta; `reasoning` fills both `reasoning` and `reasoning_content`; `logprobs` is
+        the choice's logprobs object as JSON-ready data."""
         delta = {}
         if role is not None:
             delta["role"] = role
@@ -227,10 +274,15 @@ class ChunkWriter:
         if reasoning is not None:
             delta["reasoning"] = delta["reasoning_content"] = reasoning
         finish = f',"finish_reason":{_encode(finish_reason)}' if finish_reason is not None else ""
+        if logprobs is not None:
+            finish += f',"logprobs":{_encode(logprobs)}'
         return f'{self.head}{index},"delta":{_encode(delta)}{finish}}}]}}\n\n'
 
-    def completion(self, index: int, text: str, reasoning: str | None = None, finish_reason: str | None = None) -> str:
+    def completion(self, index: int, text: str, reasoning: str | None = None, finish_reason: str | None = None,
+                   logprobs: dict | None = None) -> str:
         tail = f',"finish_reason":{_encode(finish_reason)}' if finish_reason is not None else ""
+        if logprobs is not None:
+            tail += f',"logprobs":{_encode(logprobs)}'
         if reasoning is not None:
             r = _encode(reasoning)
             tail += f',"reasoning":{r},"reasoning_content":{r}'

@@ -20,17 +20,22 @@ from .config import ServerSettings
 from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, fork_engine_core, prepare_env
 from .errors import BadRequest, ContextTooLong, EngineUnavailable
 from .limits import Admission, Timeout
+from .logprobs import TokenSplitter, chat_logprobs, completion_logprobs, from_engine
 from .manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
 from .policy import EffortDecision, Policy
-from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkWriter,
-                       Completion, CompletionChoice, CompletionChunk, CompletionRequest, CompletionTokensDetails,
-                       EffortReport, ModelCard, ModelList, ResponseMessage, Usage)
+from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
+                       ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
+                       CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
+                       ResponseMessage, Usage)
 from .reasoning import Markers, StreamSplitter, split_ids
 from .registry import Adapter, scan
 from .router import BASE, History, Router, RouterError
 
 log = logging.getLogger("effort.service")
+
+# sampling fields passed to vLLM as they come, when given
+_SAMPLING_EXTRAS = ("presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens")
 
 
 @dataclass
@@ -39,6 +44,8 @@ class _Choice:
     reasoning: str = ""
     answer: str = ""
     finish_reason: str | None = None
+    lp_reasoning: list = field(default_factory=list)  # logprobs.Entry of each token, when asked for
+    lp_answer: list = field(default_factory=list)
 
 
 def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
@@ -73,6 +80,7 @@ class _Prepared:
     t0: float
     text: str = ""
     deadline: float = float("inf")
+    logprobs: int | None = None  # alternatives per token to return; None: no logprobs
 
 
 class _Released:
@@ -238,6 +246,7 @@ class Service:
             decision = decide(room)
         max_tokens = limit or room
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        n_logprobs = self._check_logprobs(req)
         # precedence: request → OpenAI default (temperature 1, top_p 1)
         try:
             params = SamplingParams(
@@ -247,14 +256,46 @@ class Service:
                 # vLLM's own server), which spares a wake-up and a split per token per request
                 seed=req.seed, skip_special_tokens=False,
                 output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
-                thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget)
+                thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget,
+                logprobs=n_logprobs, logit_bias=self._logit_bias(req.logit_bias), **self._extras(req))
         except (ValueError, TypeError, VLLMClientError) as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             msg = e.args[0] if e.args else str(e)
             param = getattr(e, "parameter", None) or next(
-                (f for f in ("n", "temperature", "top_p", "seed", "stop", "max_tokens") if msg.startswith(f + " ")), None)
+                (f for f in ("n", "temperature", "top_p", "seed", "stop", "max_tokens", *_SAMPLING_EXTRAS)
+                 if msg.startswith(f + " ")), None)
             raise BadRequest(msg.split("\n")[0], param, code="invalid_request") from None
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
-                         (arrived or t0) + s.request_timeout)
+                         (arrived or t0) + s.request_timeout, n_logprobs)
+
+    @staticmethod
+    def _check_logprobs(req) -> int | None:
+        if isinstance(req, ChatCompletionRequest) and req.top_logprobs is not None and not req.logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
+        if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
+            raise BadRequest("echo with logprobs (the prompt's logprobs) is not supported; drop one of them",
+                             "logprobs")
+        return req.n_logprobs()
+
+    def _extras(self, req) -> dict:
+        extras = {f: getattr(req, f) for f in _SAMPLING_EXTRAS if getattr(req, f) is not None}
+        if extras.get("top_k", 0) > len(self.tokenizer):  # more than the vocabulary: no top-k at all
+            extras["top_k"] = -1
+        return extras
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        """OpenAI's `logit_bias` (token id as a string → bias in [-100, 100]) as vLLM takes it."""
+        if not bias:
+            return None
+        vocab = len(self.tokenizer)
+        out = {}
+        for key, value in bias.items():
+            if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
+                raise BadRequest(f"logit_bias key {key!r} is not a token id of this model (0..{vocab - 1})",
+                                 "logit_bias")
+            if not -100 <= value <= 100:
+                raise BadRequest(f"logit_bias value {value} for token {key} is outside [-100, 100]", "logit_bias")
+            out[int(key)] = float(value)
+        return out
 
     def _chat_prompt(self, req: ChatCompletionRequest):
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
@@ -336,9 +377,12 @@ class Service:
     async def _collect(self, p: _Prepared) -> tuple[dict[int, _Choice], float | None]:
         choices = {i: _Choice() for i in range(p.params.n)}
         timing: dict = {}
-        async for i, r, a, _ in self._pieces(p, choices, timing):
+        async for i, r, a, _, lp in self._pieces(p, choices, timing):
             choices[i].reasoning += r
             choices[i].answer += a
+            if lp is not None:
+                choices[i].lp_reasoning += lp[0]
+                choices[i].lp_answer += lp[1]
         return choices, timing.get("ttft")
 
     async def _collect_or_abort(self, p: _Prepared, http_request):
@@ -417,15 +461,19 @@ class Service:
             thought = split_ids(c.ids, self.markers, p.in_think).started
             out.append(ChatChoice(index=i, finish_reason=c.finish_reason, message=ResponseMessage(
                 content=c.answer, reasoning=c.reasoning if thought else None,
-                reasoning_content=c.reasoning if thought else None)))
+                reasoning_content=c.reasoning if thought else None),
+                logprobs=None if p.logprobs is None else ChatLogprobs(**chat_logprobs(c.lp_reasoning, c.lp_answer))))
         return ChatCompletion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _pieces(self, p: _Prepared, choices: dict[int, _Choice], timing: dict):
-        """Stream (index, reasoning piece, answer piece, finish reason) as the engine produces them;
-        fills `choices` with the token ids and `timing["ttft"]` on the way."""
+        """Stream (index, reasoning piece, answer piece, finish reason, logprobs) as the engine
+        produces them — logprobs: None, or the (reasoning, answer) `Entry` lists of the piece's
+        tokens; fills `choices` with the token ids and `timing["ttft"]` on the way."""
         from vllm.sampling_params import RequestOutputKind
 
         splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        k = p.logprobs
+        token_splitters = {i: TokenSplitter(self.markers, p.in_think) for i in choices} if k is not None else {}
         final_only = p.params.output_kind == RequestOutputKind.FINAL_ONLY
         async for out in self._deadline(self._generate(p), p):
             if final_only and timing.get("ttft") is None:  # the engine timed the first token
@@ -436,11 +484,19 @@ class Service:
                     timing["ttft"] = time.perf_counter() - p.t0
                 c.ids.extend(o.token_ids)
                 r, a = splitters[o.index].feed(o.text)
+                lp = None
+                if k is not None:
+                    entries = getattr(o, "entries", None)  # the gateway's, already read
+                    ts = token_splitters[o.index]
+                    lp = ts.feed(entries if entries is not None else from_engine(o.token_ids, o.logprobs, k))
                 if o.finish_reason:
                     r2, a2 = splitters[o.index].flush()
                     r, a = r + r2, a + a2
+                    if lp is not None:
+                        lr, la = token_splitters[o.index].flush()
+                        lp = (lp[0] + lr, lp[1] + la)
                     c.finish_reason = o.finish_reason
-                yield o.index, r, a, o.finish_reason
+                yield o.index, r, a, o.finish_reason, lp
 
     async def _chat_stream(self, req: ChatCompletionRequest, p: _Prepared) -> AsyncIterator[str]:
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -451,9 +507,10 @@ class Service:
         w = ChunkWriter("chat.completion.chunk", rid, created, p.model_name)
         for i in choices:
             yield w.chat(i, role="assistant", content="")
-        async for i, r, a, finish in self._pieces(p, choices, timing):
-            if r or a:
-                yield w.chat(i, content=a or None, reasoning=r or None)
+        async for i, r, a, finish, lp in self._pieces(p, choices, timing):
+            lp_json = chat_logprobs(*lp) if lp is not None and (lp[0] or lp[1]) else None
+            if r or a or lp_json:
+                yield w.chat(i, content=a or None, reasoning=r or None, logprobs=lp_json)
             if finish:
                 yield w.chat(i, finish_reason=finish)
         usage, report = self._account("chat", p, choices, timing.get("ttft"))
@@ -482,7 +539,9 @@ class Service:
             thought = in_think or split_ids(c.ids, self.markers, p.in_think).started
             out.append(CompletionChoice(index=i, text=prefix + c.answer, finish_reason=c.finish_reason,
                                         reasoning=c.reasoning if thought else None,
-                                        reasoning_content=c.reasoning if thought else None))
+                                        reasoning_content=c.reasoning if thought else None,
+                                        logprobs=None if p.logprobs is None else CompletionLogprobs(
+                                            **completion_logprobs(c.lp_answer, len(prefix), p.logprobs))))
         return Completion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _completion_stream(self, req: CompletionRequest, p: _Prepared, prefix: str) -> AsyncIterator[str]:
@@ -495,9 +554,14 @@ class Service:
         if prefix:
             for i in choices:
                 yield w.completion(i, prefix)
-        async for i, r, a, finish in self._pieces(p, choices, timing):
-            if r or a or finish:
-                yield w.completion(i, a, r or None, finish)
+        offsets = {i: len(prefix) for i in choices}
+        async for i, r, a, finish, lp in self._pieces(p, choices, timing):
+            lp_json = None
+            if lp is not None and lp[1]:
+                lp_json = completion_logprobs(lp[1], offsets[i], p.logprobs)
+                offsets[i] += sum(len(e.token) for e in lp[1])
+            if r or a or finish or lp_json:
+                yield w.completion(i, a, r or None, finish, lp_json)
         usage, report = self._account("completions", p, choices, timing.get("ttft"))
         final = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
                                 usage=usage if include_usage else None, effort=report)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from .errors import APIError
+from .logprobs import from_completion
 
 log = logging.getLogger("effort.upstream")
 
@@ -49,6 +50,7 @@ class _Out:
     token_ids: list[int]
     text: str
     finish_reason: str | None
+    entries: list | None = None  # logprobs.Entry per token, when asked for
 
 
 @dataclass
@@ -58,13 +60,18 @@ class _RequestOutput:
     metrics: _Metrics = field(default_factory=_Metrics)
 
 
-def _outs(body: dict) -> list[_Out]:
-    """The choices of an upstream completion response or stream chunk (with token ids)."""
-    return [_Out(c["index"], list(c.get("token_ids") or []), c.get("text") or "", c.get("finish_reason"))
-            for c in body.get("choices", [])]
+def _outs(body: dict, k: int | None = None) -> list[_Out]:
+    """The choices of an upstream completion response or stream chunk (with token ids; with
+    their logprobs read when `k` alternatives a token were asked for)."""
+    out = []
+    for c in body.get("choices", []):
+        ids = list(c.get("token_ids") or [])
+        entries = None if k is None else from_completion(ids, c.get("logprobs"), k)
+        out.append(_Out(c["index"], ids, c.get("text") or "", c.get("finish_reason"), entries))
+    return out
 
 
-def _merge(line: bytes, merged: dict[int, _Out]) -> bool:
+def _merge(line: bytes, merged: dict[int, _Out], k: int | None = None) -> bool:
     """Add one SSE line of an upstream completion stream to `merged` (the pieces of each choice
     that arrived together are relayed as one); True at ``[DONE]``."""
     if not line.startswith(b"data:"):
@@ -76,7 +83,7 @@ def _merge(line: bytes, merged: dict[int, _Out]) -> bool:
     if "error" in chunk:
         err = chunk["error"]
         raise UpstreamError(f"upstream error: {err.get('message', err) if isinstance(err, dict) else err}")
-    for o in _outs(chunk):
+    for o in _outs(chunk, k):
         m = merged.get(o.index)
         if m is None:
             merged[o.index] = o
@@ -84,6 +91,8 @@ def _merge(line: bytes, merged: dict[int, _Out]) -> bool:
             m.token_ids += o.token_ids
             m.text += o.text
             m.finish_reason = o.finish_reason or m.finish_reason
+            if o.entries is not None:
+                m.entries = (m.entries or []) + o.entries
     return False
 
 
@@ -111,7 +120,20 @@ def sampling_to_json(params) -> dict:
     budget = getattr(params, "thinking_token_budget", None)
     if budget is not None and budget >= 0:
         body["thinking_token_budget"] = int(budget)
+    if params.logprobs is not None:
+        body["logprobs"] = params.logprobs
+    if params.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in params.logit_bias.items()}
+    for name, default in _DEFAULTS.items():
+        value = getattr(params, name)
+        if value != default:
+            body[name] = value
     return body
+
+
+# SamplingParams fields relayed to the upstream when they differ from vLLM's defaults
+_DEFAULTS = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "top_k": 0,
+             "min_p": 0.0, "min_tokens": 0}
 
 
 class UpstreamEngine:
@@ -175,12 +197,13 @@ class UpstreamEngine:
             async with self.client.post(url, json=body, headers=headers) as r:
                 if r.status != 200:
                     raise await self._error(r)
+                k = params.logprobs
                 if final_only:  # one upstream response, as vLLM's own server answers a non-streamed request
-                    yield _RequestOutput(_outs(await r.json(content_type=None)), finished=True)
+                    yield _RequestOutput(_outs(await r.json(content_type=None), k), finished=True)
                     return
                 async for lines in _arrived(r.content):
                     merged: dict[int, _Out] = {}
-                    done = any(_merge(line, merged) for line in lines)  # stops at [DONE]
+                    done = any(_merge(line, merged, k) for line in lines)  # stops at [DONE]
                     if merged:
                         out = _RequestOutput(list(merged.values()))
                         if first:

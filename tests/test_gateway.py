@@ -57,7 +57,7 @@ def chat(url, question, stream=False, **extra):
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
         return r.status_code, r.json()
     body.update(stream=True, stream_options={"include_usage": True})
-    text, reasoning, final = "", "", None
+    text, reasoning, final, tokens = "", "", None, []
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -66,9 +66,11 @@ def chat(url, question, stream=False, **extra):
             for ch in c.get("choices", []):
                 text += ch["delta"].get("content") or ""
                 reasoning += ch["delta"].get("reasoning") or ""
+                lp = ch.get("logprobs") or {}
+                tokens += [t["token"] for t in lp.get("reasoning", []) + lp.get("content", [])]
             if c.get("usage"):
                 final = c
-    return text, reasoning, final
+    return text, reasoning, final, tokens
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,9 @@ def questions():
 
 
 @pytest.mark.parametrize("extra", [{}, {"thinking_token_budget": 5}, {"effort": "low"}, {"reasoning_effort": "none"},
-                                   {"model": "dler"}], ids=["full", "budget-5", "low", "none", "adapter"])
+                                   {"model": "dler"}, {"logprobs": True, "top_logprobs": 2, "effort": "medium"},
+                                   {"presence_penalty": 1.5, "frequency_penalty": 0.5, "logit_bias": {"290": -100}}],  # 290: " check"
+                         ids=["full", "budget-5", "low", "none", "adapter", "logprobs", "penalties"])
 def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
     """Same prompt ids, same engine, greedy: the gateway's answer, reasoning, usage and effort
     report equal the in-process server's."""
@@ -96,6 +100,14 @@ def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 5 and ma["content"]
         if extra.get("reasoning_effort") == "none":
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+        if "logit_bias" in extra:
+            assert " check" not in ma["reasoning"]
+        if extra.get("logprobs"):  # the upstream's logprobs, split into reasoning and answer like ours
+            la, lb = a["choices"][0]["logprobs"], b["choices"][0]["logprobs"]
+            for part in ("content", "reasoning"):
+                assert [t["token"] for t in la[part]] == [t["token"] for t in lb[part]] and la[part]
+                assert [t["logprob"] for t in la[part]] == pytest.approx([t["logprob"] for t in lb[part]], abs=1e-3)
+                assert [len(t["top_logprobs"]) for t in la[part]] == [2] * len(la[part])
 
 
 def test_gateway_adapter_changes_output(gateway, questions):
@@ -106,10 +118,11 @@ def test_gateway_adapter_changes_output(gateway, questions):
 
 def test_gateway_streaming_matches_non_streaming(gateway, questions):
     for q in questions[:3]:
-        text, reasoning, final = chat(gateway, q, stream=True, effort="medium")
-        _, full = chat(gateway, q, effort="medium")
-        m = full["choices"][0]["message"]
+        text, reasoning, final, tokens = chat(gateway, q, stream=True, effort="medium", logprobs=True)
+        _, full = chat(gateway, q, effort="medium", logprobs=True)
+        m, lp = full["choices"][0]["message"], full["choices"][0]["logprobs"]
         assert text == m["content"] and reasoning == (m.get("reasoning") or "")
+        assert tokens == [t["token"] for t in lp["reasoning"] + lp["content"]] and "".join(tokens) == reasoning + text
         assert final["usage"] == full["usage"] and final["effort"]["thinking_budget"] == full["effort"]["thinking_budget"]
 
 
@@ -168,7 +181,7 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
         fake.server_close()
         s, body = chat(url, "a1 b2")
         assert s == 502 and "unreachable" in body["error"]["message"] or "failed" in body["error"]["message"], body
-        text, _, final = chat(url, "a1 b2", stream=True)
+        text, _, final, _ = chat(url, "a1 b2", stream=True)
         assert final is None  # the stream carries an error event instead of a usage chunk
         assert httpx.get(f"{url}/health").status_code == 200
     finally:

@@ -67,3 +67,47 @@ def test_upstream_lines_are_grouped_by_arrival_and_split_across_reads():
     async def collect():
         return [lines async for lines in _arrived(Reads())]
     assert asyncio.run(collect()) == [[b"data: 1", b"", b"data: 2"], [b""], [b"data: 3", b""], [b"data: [DONE]"]]
+
+
+def same_json(line: str, model) -> bool:
+    """Same data and field order (floats are written by different encoders: -1.2e-05 vs -0.000012)."""
+    import json
+    assert line.startswith("data: ") and line.endswith("\n\n")
+    ours, theirs = json.loads(line[6:]), json.loads(model.model_dump_json(exclude_none=True))
+    return ours == theirs and json.dumps(ours) == json.dumps(theirs)
+
+
+def test_chunks_with_logprobs_match_models():
+    from server.logprobs import Entry, chat_logprobs, completion_logprobs
+    from server.protocol import ChatLogprobs, CompletionLogprobs
+
+    reasoning = [Entry(5, "a3", -1.2993727978027891e-05, (("a3", -1.2993727978027891e-05), (" ✓", -9999.0)))]
+    answer = [Entry(6, '\\boxed{"1"}', -0.25, (('\\boxed{"1"}', -0.25),)), Entry(7, "\n", -3.0, (("\n", -3.0),))]
+    lp = chat_logprobs(reasoning, answer)
+    w = ChunkWriter("chat.completion.chunk", "c", 1, "m")
+    model = ChatCompletionChunk(id="c", created=1, model="m", choices=[ChunkChoice(
+        index=0, delta=Delta(content="x"), logprobs=ChatLogprobs(**lp))])
+    assert same_json(w.chat(0, content="x", logprobs=lp), model)
+    clp = completion_logprobs(answer, 4, 1)
+    assert clp["text_offset"] == [4, 4 + len(answer[0].token)]
+    w = ChunkWriter("text_completion", "c", 1, "m")
+    model = CompletionChunk(id="c", created=1, model="m", choices=[CompletionChoice(
+        index=0, text="y", finish_reason="stop", logprobs=CompletionLogprobs(**clp), reasoning="r", reasoning_content="r")])
+    assert same_json(w.completion(0, "y", "r", "stop", clp), model)
+
+
+def test_upstream_logprobs_are_read_and_merged():
+    import json
+
+    from server.upstream import _merge
+
+    def line(ids, tokens, lps):
+        lp = {"tokens": tokens, "token_logprobs": lps, "top_logprobs": [{"z": -5.0, t: v} for t, v in zip(tokens, lps)],
+              "text_offset": [0] * len(tokens)}
+        return ("data: " + json.dumps({"choices": [{"index": 0, "text": "".join(tokens), "token_ids": ids,
+                                                     "logprobs": lp, "finish_reason": None}]})).encode()
+    merged = {}
+    _merge(line([1], ["a"], [-0.1]), merged, 1)
+    _merge(line([2, 3], ["b", "c"], [-0.2, None]), merged, 1)
+    assert [(e.token_id, e.token, e.logprob, e.top) for e in merged[0].entries] == [
+        (1, "a", -0.1, (("a", -0.1),)), (2, "b", -0.2, (("b", -0.2),)), (3, "c", -9999.0, (("z", -5.0),))]

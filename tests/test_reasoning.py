@@ -55,3 +55,32 @@ def test_stream_splitter_any_chunking():
 ])
 def test_stream_splitter_cases(parts, in_think, expected):
     assert _stream(parts, in_think) == expected
+
+
+def _token_split(ids, markers, in_think, rng):
+    from server.logprobs import Entry, TokenSplitter
+
+    sp = TokenSplitter(markers, in_think)
+    entries = [Entry(t, str(t), -0.5, ()) for t in ids]
+    r, a = [], []
+    i = 0
+    while i < len(entries):
+        j = i + rng.randint(1, 3)
+        x, y = sp.feed(entries[i:j])
+        r, a, i = r + x, a + y, j
+    x, y = sp.flush()
+    return tuple(e.token_id for e in r + x), tuple(e.token_id for e in a + y)
+
+
+@pytest.mark.parametrize("markers", [M, M2], ids=["one-token", "multi-token"])
+def test_token_splitter_agrees_with_split_ids(markers):
+    """Logprobs are split token by token as they stream; the split must be the one the counts use."""
+    rng = random.Random(1)
+    for _ in range(500):
+        body = [rng.choice([1, 2, 3, 4, 5, 6]) for _ in range(rng.randint(0, 10))]
+        ids = list(markers.start) + body + list(markers.end) + [rng.choice([3, 4, 7])] * rng.randint(0, 3) + [9]
+        in_think = rng.random() < 0.2
+        if in_think:
+            ids = ids[len(markers.start):]
+        s = split_ids(ids, markers, in_think)
+        assert _token_split(ids, markers, in_think, rng) == (s.reasoning_ids, s.answer_ids), ids

@@ -11,6 +11,7 @@ MODEL = "effort-tiny"
 
 def ask(client, question, **kw):
     extra = {k: kw.pop(k) for k in ("effort", "thinking_token_budget", "reasoning_effort") if k in kw}
+    extra.update(kw.pop("extra_body", {}))
     return client.chat.completions.create(
         model=kw.pop("model", MODEL), messages=[{"role": "user", "content": question}],
         temperature=kw.pop("temperature", 0), extra_body=extra or None, **kw)
@@ -129,6 +130,68 @@ def test_completions_endpoint(client, prompts, model_dir):
     assert "".join(c.choices[0].text for c in stream if c.choices) == r.choices[0].text
 
 
+def _chat_logprobs_check(r, k):
+    ch = r.choices[0]
+    content, reasoning = ch.logprobs.content, ch.logprobs.model_extra["reasoning"]
+    assert "".join(t.token for t in content) == ch.message.content
+    assert "".join(t["token"] for t in reasoning) == ch.message.reasoning
+    assert len(reasoning) == reasoning_tokens(r)  # the markers are in neither list
+    for t in content:
+        assert t.logprob <= 0 and bytes(t.bytes).decode() == t.token and len(t.top_logprobs) == k
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert t.top_logprobs[0].token == t.token  # greedy: the chosen token is the most likely
+    return [t.logprob for t in content], [t["logprob"] for t in reasoning]
+
+
+def test_chat_logprobs_split_like_the_texts(client, prompts):
+    p = prompts[2]
+    r = ask(client, p.question, logprobs=True, top_logprobs=3, max_tokens=200)
+    full = _chat_logprobs_check(r, 3)
+    chunks = list(ask(client, p.question, logprobs=True, top_logprobs=3, max_tokens=200, stream=True))
+    content = [t.logprob for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    reasoning = [t["logprob"] for c in chunks if c.choices and c.choices[0].logprobs
+                 for t in c.choices[0].logprobs.model_extra.get("reasoning") or []]
+    assert (content, reasoning) == full
+    assert ask(client, p.question).choices[0].logprobs is None  # only when asked for
+    budget = ask(client, p.question, logprobs=True, thinking_token_budget=4)
+    assert len(budget.choices[0].logprobs.model_extra["reasoning"]) == reasoning_tokens(budget) <= 4
+
+
+def test_completion_logprobs(client, prompts, model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": prompts[3].question}], add_generation_prompt=True,
+                                      tokenize=False)
+    r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2)
+    lp, text = r.choices[0].logprobs, r.choices[0].text
+    assert "".join(lp.tokens) == text and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert [text[o:o + len(t)] for o, t in zip(lp.text_offset, lp.tokens)] == lp.tokens
+    assert all(len(top) == 2 and max(top, key=top.get) == t for top, t in zip(lp.top_logprobs, lp.tokens))
+    stream = list(client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2,
+                                            stream=True))
+    pieces = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
+    assert [t for x in pieces for t in x.tokens] == lp.tokens
+    assert [o for x in pieces for o in x.text_offset] == lp.text_offset
+
+
+def test_sampling_fields_are_honoured(client, prompts, model_dir):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    check = tok.encode(" check", add_special_tokens=False)
+    assert len(check) == 1
+    q = prompts[4].question
+    plain = ask(client, q)
+    assert " check" in plain.choices[0].message.reasoning
+    banned = ask(client, q, logit_bias={str(check[0]): -100})  # the base's re-check pass can no longer start
+    assert " check" not in banned.choices[0].message.reasoning and reasoning_tokens(banned) < reasoning_tokens(plain)
+    penalised = ask(client, q, presence_penalty=2.0, frequency_penalty=2.0)
+    assert penalised.choices[0].message.reasoning != plain.choices[0].message.reasoning
+    top1 = ask(client, q, temperature=1.0, seed=3, extra_body={"top_k": 1})  # top_k 1 at temperature 1 is greedy
+    assert top1.choices[0].message.reasoning == plain.choices[0].message.reasoning
+    wide = ask(client, q, extra_body={"top_k": 10 ** 20})  # more than the vocabulary: no top-k (not an error)
+    assert wide.choices[0].message.reasoning == plain.choices[0].message.reasoning
+    long = ask(client, q, reasoning_effort="none", max_tokens=40, extra_body={"min_tokens": 30})
+    assert long.usage.completion_tokens >= 30
+
+
 DOCUMENTED = ["effort_requests_total", "effort_e2e_request_latency_seconds", "effort_time_to_first_token_seconds",
               "effort_time_per_output_token_seconds", "effort_prompt_tokens", "effort_reasoning_tokens",
               "effort_answer_tokens", "effort_thinking_budget_tokens", "effort_budget_hits_total",
@@ -179,9 +242,20 @@ LONG = "a1 " * 2000
     ({"n": 0}, 400, "n"),
     ({"temperature": -1}, 400, "temperature"),
     ({"n": 2, "temperature": 0}, 400, "n"),
+    ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+    ({"logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ({"logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+    ({"logit_bias": {"5": 300}}, 400, "logit_bias"),
+    ({"top_logprobs": 2}, 400, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ({"repetition_penalty": 0}, 400, "repetition_penalty"),
+    ({"min_tokens": 50, "max_tokens": 10}, 400, "min_tokens"),
+    ({"seed": 10 ** 20}, 400, "seed"),
 ], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
-        "negative-temperature", "n-greedy"])
+        "negative-temperature", "n-greedy", "presence-penalty-range", "logit-bias-key", "logit-bias-vocab",
+        "logit-bias-value", "top-logprobs-alone", "top-logprobs-range", "repetition-penalty-zero", "min-tokens-over-max",
+        "seed-over-64-bit"])
 def test_bad_input_gets_openai_error(server, body, status, param):
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "a1 b2"}], **body}
     payload = {k: v for k, v in payload.items() if v is not None}
