@@ -213,7 +213,7 @@ def default_adapter_dir() -> str:
 
 def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) -> dict:
     """Keyword arguments for `AsyncEngineArgs` / `vllm.LLM` (same for serving and evaluation)."""
-    from vllm.config import ReasoningConfig
+    from vllm.config import ReasoningConfig, StructuredOutputsConfig
 
     gpu = has_gpu()
     kw = dict(
@@ -229,7 +229,11 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
         seed=settings.seed,
         enforce_eager=settings.enforce_eager or not gpu,
         reasoning_config=ReasoningConfig(reasoning_start_str=think_start, reasoning_end_str=think_end),
+        # structured answers: vLLM applies the grammar after the end marker, found by our parser plugin
+        structured_outputs_config=StructuredOutputsConfig(
+            reasoning_parser="effort-markers", reasoning_parser_plugin=str(Path(__file__).with_name("think_parser.py"))),
     )
+    os.environ["EFFORT_THINK_MARKERS"] = json.dumps([think_start, think_end])  # read by the plugin, in vLLM's process
     kv = kv_cache_bytes(settings)
     if kv:
         kw["kv_cache_memory_bytes"] = kv

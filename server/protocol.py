@@ -36,6 +36,28 @@ class ChatMessage(_Request):
         return self.content or ""
 
 
+class JsonSchema(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's own field (its server takes the same): exactly one constraint, checked by vLLM."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
 class _Sampling(_Request):
     model: str | None = None
     n: int = Field(1, ge=1, le=16)
@@ -55,6 +77,9 @@ class _Sampling(_Request):
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=2)
     min_tokens: int | None = Field(None, ge=0)
+    # structured answers: the grammar applies to the answer, after the thinking
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     # --- effort-server extensions -------------------------------------------------------
     effort: float | str | None = Field(
         None, description="number in [0, 1], 'low' | 'medium' | 'high', or 'auto'")

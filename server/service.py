@@ -81,6 +81,7 @@ class _Prepared:
     text: str = ""
     deadline: float = float("inf")
     logprobs: int | None = None  # alternatives per token to return; None: no logprobs
+    constraint: str | None = None  # the request field that carried a structured-answer constraint
 
 
 class _Released:
@@ -132,6 +133,7 @@ class Service:
         self.admission = Admission(settings.max_concurrent, settings.max_queue)
         self.llm = None
         self.tokenizer = None
+        self.structured_ready = False  # in-process: the think markers are single tokens (see think_parser)
         self.ready = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -156,6 +158,8 @@ class Service:
                  time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2)
         self.tokenizer = self.llm.tokenizer
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
+        vocab = self.tokenizer.get_vocab()
+        self.structured_ready = all(m in vocab for m in (self.manifest.think_start, self.manifest.think_end))
         self.max_model_len = self.engine_settings.max_model_len
         self.ready = True
         log.info("ready: model %s, adapters %s", self.base_name, ", ".join(self.adapters) or "none")
@@ -183,6 +187,7 @@ class Service:
             self.llm.model = s.upstream_model or self.base_name
             log.warning("%s; starting anyway (requests get 502 until it answers)", e.message)
         self.llm.start_gauges(self.metrics)
+        self.structured_ready = True  # the upstream applies the constraint (after thinking with its reasoning parser)
         self.ready = True
         log.info("ready (gateway to %s, model %s): adapters %s", s.upstream, self.llm.model,
                  ", ".join(self.adapters) or "none")
@@ -257,15 +262,18 @@ class Service:
                 seed=req.seed, skip_special_tokens=False,
                 output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
                 thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget,
-                logprobs=n_logprobs, logit_bias=self._logit_bias(req.logit_bias), **self._extras(req))
+                logprobs=n_logprobs, logit_bias=self._logit_bias(req.logit_bias),
+                structured_outputs=self._structured(req), **self._extras(req))
         except (ValueError, TypeError, VLLMClientError) as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             msg = e.args[0] if e.args else str(e)
             param = getattr(e, "parameter", None) or next(
                 (f for f in ("n", "temperature", "top_p", "seed", "stop", "max_tokens", *_SAMPLING_EXTRAS)
-                 if msg.startswith(f + " ")), None)
+                 if msg.startswith(f + " ")), None) or ("structured_outputs" if "structured outputs" in msg else None)
             raise BadRequest(msg.split("\n")[0], param, code="invalid_request") from None
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
-                         (arrived or t0) + s.request_timeout, n_logprobs)
+                         (arrived or t0) + s.request_timeout, n_logprobs,
+                         None if params.structured_outputs is None else
+                         "structured_outputs" if req.structured_outputs is not None else "response_format")
 
     @staticmethod
     def _check_logprobs(req) -> int | None:
@@ -275,6 +283,29 @@ class Service:
             raise BadRequest("echo with logprobs (the prompt's logprobs) is not supported; drop one of them",
                              "logprobs")
         return req.n_logprobs()
+
+    def _structured(self, req):
+        """OpenAI's `response_format` or vLLM's `structured_outputs` as vLLM's constraint (None: free text)."""
+        from vllm.sampling_params import StructuredOutputsParams
+
+        rf, so = req.response_format, req.structured_outputs
+        if rf is not None and rf.type == "text":
+            rf = None
+        if rf is None and so is None:
+            return None
+        param = "structured_outputs" if so is not None else "response_format"
+        if rf is not None and so is not None:
+            raise BadRequest("give either response_format or structured_outputs, not both", param)
+        if not self.structured_ready:
+            raise BadRequest("structured answers need think markers that are single tokens of this model's "
+                             f"vocabulary ({self.manifest.think_start!r} / {self.manifest.think_end!r} are not)", param)
+        if so is not None:
+            return StructuredOutputsParams(**so.model_dump(exclude_none=True, by_alias=True))
+        if rf.type == "json_object":
+            return StructuredOutputsParams(json_object=True)
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise BadRequest("response_format of type json_schema needs json_schema.schema", "response_format")
+        return StructuredOutputsParams(json=rf.json_schema.schema_)
 
     def _extras(self, req) -> dict:
         extras = {f: getattr(req, f) for f in _SAMPLING_EXTRAS if getattr(req, f) is not None}
@@ -338,14 +369,14 @@ class Service:
             async for out in self.llm.generate({"prompt_token_ids": p.prompt_ids}, p.params, rid, lora_request=lora):
                 finished = out.finished
                 yield out
-        except (ValueError, TypeError) as e:  # vLLM's own validation of a request
-            raise BadRequest(str(e)) from None
-        except Exception as e:
+        except Exception as e:  # vLLM's own validation of a request (e.g. compiling a grammar) → 400
             from vllm.exceptions import VLLMClientError
 
-            if isinstance(e, VLLMClientError):
-                raise BadRequest(e.args[0] if e.args else str(e), getattr(e, "parameter", None)) from None
-            raise
+            if not isinstance(e, (ValueError, TypeError, VLLMClientError)):
+                raise
+            msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+            grammar = p.constraint and any(w in msg.lower() for w in ("grammar", "regex", "schema", "structured"))
+            raise BadRequest(msg, getattr(e, "parameter", None) or (p.constraint if grammar else None)) from None
         finally:
             self.metrics.in_flight.dec()
             if not finished:

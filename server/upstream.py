@@ -122,6 +122,9 @@ def sampling_to_json(params) -> dict:
         body["thinking_token_budget"] = int(budget)
     if params.logprobs is not None:
         body["logprobs"] = params.logprobs
+    so = params.structured_outputs
+    if so is not None:
+        body["structured_outputs"] = {k: getattr(so, k) for k in _CONSTRAINTS if getattr(so, k) is not None}
     if params.logit_bias:
         body["logit_bias"] = {str(t): b for t, b in params.logit_bias.items()}
     for name, default in _DEFAULTS.items():
@@ -130,6 +133,8 @@ def sampling_to_json(params) -> dict:
             body[name] = value
     return body
 
+
+_CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
 
 # SamplingParams fields relayed to the upstream when they differ from vLLM's defaults
 _DEFAULTS = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "top_k": 0,
