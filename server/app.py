@@ -14,7 +14,7 @@ from . import errors
 from .config import ServerSettings
 from .engine import EngineSettings
 from .limits import KeyCheck, TooLarge, Unauthorized, load_keys
-from .protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse
+from .protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard
 from .service import Service
 
 log = logging.getLogger("effort.app")
@@ -138,6 +138,10 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
     @app.get("/v1/models", responses={401: {"model": ErrorResponse}})
     async def models():
         return service.models()
+
+    @app.get("/v1/models/{model_id:path}", responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+    async def model(model_id: str) -> ModelCard:
+        return service.model(model_id)
 
     @app.get("/health", responses={401: {"model": ErrorResponse}, 503: {"description": "the engine is starting"}})
     async def health():

@@ -18,7 +18,7 @@ from typing import AsyncIterator
 
 from .config import ServerSettings
 from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, fork_engine_core, prepare_env
-from .errors import BadRequest, ContextTooLong, EngineUnavailable
+from .errors import BadRequest, ContextTooLong, EngineUnavailable, ModelNotFound
 from .limits import Admission, Timeout
 from .logprobs import TokenSplitter, chat_logprobs, completion_logprobs, from_engine
 from .manifest import ModelManifest
@@ -215,6 +215,12 @@ class Service:
         cards += [ModelCard(id=a.name, root=str(a.path), parent=self.base_name, kind=a.manifest.kind)
                   for a in self.adapters.values()]
         return ModelList(data=cards)
+
+    def model(self, model_id: str) -> ModelCard:
+        for card in self.models().data:
+            if card.id == model_id:
+                return card
+        raise ModelNotFound(f"the model {model_id!r} does not exist; GET /v1/models lists the served ones", "model")
 
     # -- preparation: the one place a request becomes generation settings -------------------
     def _prepare(self, req, prompt_ids_fn, in_think: bool, text: str = "", arrived: float | None = None) -> _Prepared:
@@ -474,6 +480,9 @@ class Service:
 
     async def chat(self, req: ChatCompletionRequest, http_request=None):
         arrived = time.perf_counter()
+        if req.tools and req.tool_choice != "none":
+            raise BadRequest("tool calling is not supported by this server; send no tools or tool_choice \"none\"",
+                             "tools", code="unsupported")
         ticket = await self._admit()
         try:
             users = [m.text() for m in req.messages if m.role == "user"]

@@ -29,6 +29,11 @@ def prompts():
 def test_models_lists_base_and_adapters(client):
     ids = [m.id for m in client.models.list().data]
     assert ids[0] == MODEL and "noisy" in ids and "broken" not in ids
+    assert client.models.retrieve("noisy").id == "noisy" and client.models.retrieve(MODEL).id == MODEL
+    import openai
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("ghost")
+    assert e.value.body["code"] == "model_not_found"
 
 
 def test_effort_levels_are_monotonic(client, prompts):
@@ -206,6 +211,8 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     js = ask(client, q, max_tokens=200, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
     assert js.choices[0].message.content.startswith("{")  # the tiny model knows no JSON; the grammar still holds
+    no_tools = ask(client, q, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none")
+    assert no_tools.choices[0].message.reasoning == free.choices[0].message.reasoning  # tools declined: plain chat
     cut = ask(client, q, thinking_token_budget=3, extra_body={"structured_outputs": {"choice": ["yes", "no"]}})
     assert reasoning_tokens(cut) <= 3 and cut.choices[0].message.content in ("yes", "no")
     chunks = list(ask(client, q, stream=True, extra_body={"structured_outputs": {"choice": ["yes", "no"]}}))
@@ -276,11 +283,13 @@ LONG = "a1 " * 2000
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
      400, "response_format"),
     ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, 400, "structured_outputs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
 ], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
         "negative-temperature", "n-greedy", "presence-penalty-range", "logit-bias-key", "logit-bias-vocab",
         "logit-bias-value", "top-logprobs-alone", "top-logprobs-range", "repetition-penalty-zero", "min-tokens-over-max",
-        "seed-over-64-bit", "bad-regex", "json-schema-missing", "json-schema-invalid", "two-constraints"])
+        "seed-over-64-bit", "bad-regex", "json-schema-missing", "json-schema-invalid", "two-constraints",
+        "tools"])
 def test_bad_input_gets_openai_error(server, body, status, param):
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "a1 b2"}], **body}
     payload = {k: v for k, v in payload.items() if v is not None}
