@@ -113,6 +113,27 @@ class StreamSplitter:
         return (rest, "") if self.state == "think" else ("", rest)
 
 
+class StopWatcher:
+    """The request's `stop` strings, applied to the answer text as it streams (never to the
+    reasoning, so a stop string the thinking happens to contain cannot cost the answer). Text
+    that may begin a stop string is held back until the next piece shows; `feed` returns the
+    text to emit and whether a stop string was found (the text before it is emitted, the stop
+    string and everything after it are not)."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
+        text, self.held = self.held + text, ""
+        at = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if at:
+            return text[:min(at)], True
+        keep = 0 if final else max((_partial_suffix(text, s) for s in self.stops), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep], False
+
+
 def _partial_suffix(text: str, marker: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):

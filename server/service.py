@@ -28,7 +28,7 @@ from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatComp
                        ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
                        CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
                        ResponseMessage, Usage)
-from .reasoning import Markers, StreamSplitter, split_ids
+from .reasoning import Markers, StopWatcher, StreamSplitter, split_ids
 from .registry import Adapter, scan
 from .router import BASE, History, Router, RouterError
 
@@ -82,6 +82,7 @@ class _Prepared:
     deadline: float = float("inf")
     logprobs: int | None = None  # alternatives per token to return; None: no logprobs
     constraint: str | None = None  # the request field that carried a structured-answer constraint
+    stop: list[str] = field(default_factory=list)  # stop strings, applied to the answer
 
 
 class _Released:
@@ -256,17 +257,19 @@ class Service:
             room = min(room, s.max_output_tokens or room)
             decision = decide(room)
         max_tokens = limit or room
-        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        # stop strings apply to the answer only, so they are ours to watch (`_pieces`), not vLLM's;
+        # a request with them streams from the engine even when its client does not, to stop on time
+        stop = [x for x in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if x]
         n_logprobs = self._check_logprobs(req)
         # precedence: request → OpenAI default (temperature 1, top_p 1)
         try:
             params = SamplingParams(
                 n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens, stop=stop or None,
+                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
                 # streaming needs every step; a non-streamed request only its final output (like
                 # vLLM's own server), which spares a wake-up and a split per token per request
                 seed=req.seed, skip_special_tokens=False,
-                output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+                output_kind=RequestOutputKind.DELTA if req.stream or stop else RequestOutputKind.FINAL_ONLY,
                 thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget,
                 logprobs=n_logprobs, logit_bias=self._logit_bias(req.logit_bias),
                 structured_outputs=self._structured(req), **self._extras(req))
@@ -279,7 +282,7 @@ class Service:
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
                          (arrived or t0) + s.request_timeout, n_logprobs,
                          None if params.structured_outputs is None else
-                         "structured_outputs" if req.structured_outputs is not None else "response_format")
+                         "structured_outputs" if req.structured_outputs is not None else "response_format", stop)
 
     @staticmethod
     def _check_logprobs(req) -> int | None:
@@ -514,29 +517,45 @@ class Service:
         splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
         k = p.logprobs
         token_splitters = {i: TokenSplitter(self.markers, p.in_think) for i in choices} if k is not None else {}
+        watchers = {i: StopWatcher(p.stop) for i in choices} if p.stop else {}
         final_only = p.params.output_kind == RequestOutputKind.FINAL_ONLY
-        async for out in self._deadline(self._generate(p), p):
-            if final_only and timing.get("ttft") is None:  # the engine timed the first token
-                timing["ttft"] = getattr(getattr(out, "metrics", None), "first_token_latency", None) or None
-            for o in out.outputs:
-                c = choices[o.index]
-                if not final_only and timing.get("ttft") is None and o.token_ids:
-                    timing["ttft"] = time.perf_counter() - p.t0
-                c.ids.extend(o.token_ids)
-                r, a = splitters[o.index].feed(o.text)
-                lp = None
-                if k is not None:
-                    entries = getattr(o, "entries", None)  # the gateway's, already read
-                    ts = token_splitters[o.index]
-                    lp = ts.feed(entries if entries is not None else from_engine(o.token_ids, o.logprobs, k))
-                if o.finish_reason:
-                    r2, a2 = splitters[o.index].flush()
-                    r, a = r + r2, a + a2
-                    if lp is not None:
-                        lr, la = token_splitters[o.index].flush()
-                        lp = (lp[0] + lr, lp[1] + la)
-                    c.finish_reason = o.finish_reason
-                yield o.index, r, a, o.finish_reason, lp
+        done: set[int] = set()
+        gen = self._deadline(self._generate(p), p)
+        try:
+            async for out in gen:
+                if final_only and timing.get("ttft") is None:  # the engine timed the first token
+                    timing["ttft"] = getattr(getattr(out, "metrics", None), "first_token_latency", None) or None
+                for o in out.outputs:
+                    if o.index in done:  # stopped by a stop string: the rest is not ours to return
+                        continue
+                    c = choices[o.index]
+                    if not final_only and timing.get("ttft") is None and o.token_ids:
+                        timing["ttft"] = time.perf_counter() - p.t0
+                    c.ids.extend(o.token_ids)
+                    r, a = splitters[o.index].feed(o.text)
+                    lp = None
+                    if k is not None:
+                        entries = getattr(o, "entries", None)  # the gateway's, already read
+                        ts = token_splitters[o.index]
+                        lp = ts.feed(entries if entries is not None else from_engine(o.token_ids, o.logprobs, k))
+                    finish = o.finish_reason
+                    if finish:
+                        r2, a2 = splitters[o.index].flush()
+                        r, a = r + r2, a + a2
+                        if lp is not None:
+                            lr, la = token_splitters[o.index].flush()
+                            lp = (lp[0] + lr, lp[1] + la)
+                    if watchers:
+                        a, hit = watchers[o.index].feed(a, final=bool(finish))
+                        finish = "stop" if hit else finish
+                    if finish:
+                        c.finish_reason = finish
+                        done.add(o.index)
+                    yield o.index, r, a, finish, lp
+                if watchers and len(done) == len(choices):
+                    break  # every choice met a stop string: closing `gen` aborts the engine request
+        finally:
+            await gen.aclose()
 
     async def _chat_stream(self, req: ChatCompletionRequest, p: _Prepared) -> AsyncIterator[str]:
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

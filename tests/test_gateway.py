@@ -83,8 +83,9 @@ def questions():
 @pytest.mark.parametrize("extra", [{}, {"thinking_token_budget": 5}, {"effort": "low"}, {"reasoning_effort": "none"},
                                    {"model": "dler"}, {"logprobs": True, "top_logprobs": 2, "effort": "medium"},
                                    {"presence_penalty": 1.5, "frequency_penalty": 0.5, "logit_bias": {"290": -100}},  # " check"
-                                   {"structured_outputs": {"regex": "[0-9]{3}"}}],
-                         ids=["full", "budget-5", "low", "none", "adapter", "logprobs", "penalties", "structured"])
+                                   {"structured_outputs": {"regex": "[0-9]{3}"}}, {"stop": [" check", "{"]}],
+                         ids=["full", "budget-5", "low", "none", "adapter", "logprobs", "penalties", "structured",
+                              "stop"])
 def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
     """Same prompt ids, same engine, greedy: the gateway's answer, reasoning, usage and effort
     report equal the in-process server's."""
@@ -101,6 +102,8 @@ def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 5 and ma["content"]
         if extra.get("reasoning_effort") == "none":
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+        if "stop" in extra:  # applied to the answer only, by the gateway as in-process
+            assert ma["content"] == "\\boxed" and a["choices"][0]["finish_reason"] == "stop" and " check" in ma["reasoning"]
         if "structured_outputs" in extra:  # the upstream applied the constraint after the thinking, as we do
             assert len(ma["content"]) == 3 and ma["content"].isdigit() and ma["reasoning"]
         if "logit_bias" in extra:

@@ -84,3 +84,24 @@ def test_token_splitter_agrees_with_split_ids(markers):
             ids = ids[len(markers.start):]
         s = split_ids(ids, markers, in_think)
         assert _token_split(ids, markers, in_think, rng) == (s.reasoning_ids, s.answer_ids), ids
+
+
+@pytest.mark.parametrize("stops", [["}"], ["ed{", "x"], ["{1}", "oxe"], ["zz"], ["\\boxed{1}"]])
+def test_stop_watcher_any_chunking(stops):
+    """Stop strings on the streamed answer: the same cut as on the whole text, however it arrives."""
+    from server.reasoning import StopWatcher
+
+    text = "\\boxed{1} and {1} more"
+    at = [i for i in (text.find(s) for s in stops) if i >= 0]
+    expected = (text[:min(at)], True) if at else (text, False)
+    rng = random.Random(2)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, 8)))
+        parts = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+        w, out, hit = StopWatcher(stops), "", False
+        for n, part in enumerate(parts):
+            piece, hit = w.feed(part, final=n == len(parts) - 1)
+            out += piece
+            if hit:
+                break
+        assert (out, hit) == expected, parts

@@ -219,6 +219,23 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == choice.choices[0].message.content
 
 
+def test_stop_strings_apply_to_the_answer(client, prompts):
+    """A stop string in the thinking does not cost the answer; in the answer it ends the choice
+    there (and the engine request: fewer tokens), streamed or not."""
+    q = prompts[6].question
+    free = ask(client, q)
+    assert " check" in free.choices[0].message.reasoning and free.choices[0].message.content.startswith("\\boxed{")
+    kept = ask(client, q, stop=[" check"])
+    assert (kept.choices[0].message.reasoning, kept.choices[0].message.content) == (
+        free.choices[0].message.reasoning, free.choices[0].message.content)
+    cut = ask(client, q, stop=["{", "never"])
+    assert cut.choices[0].message.content == "\\boxed" and cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens < free.usage.completion_tokens
+    chunks = list(ask(client, q, stop="{", stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "\\boxed"
+    assert chunks[-1].usage.completion_tokens == cut.usage.completion_tokens
+
+
 DOCUMENTED = ["effort_requests_total", "effort_e2e_request_latency_seconds", "effort_time_to_first_token_seconds",
               "effort_time_per_output_token_seconds", "effort_prompt_tokens", "effort_reasoning_tokens",
               "effort_answer_tokens", "effort_thinking_budget_tokens", "effort_budget_hits_total",
