@@ -69,6 +69,19 @@ def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
     return router
 
 
+def _fits_int64(value) -> bool:
+    """Every integer in a JSON value fits in 64 bits (what the engine process can be sent)."""
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -2 ** 63 <= value < 2 ** 64
+    if isinstance(value, dict):
+        return all(_fits_int64(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_fits_int64(v) for v in value)
+    return True
+
+
 @dataclass
 class _Prepared:
     prompt_ids: list[int]
@@ -308,6 +321,8 @@ class Service:
         if not self.structured_ready:
             raise BadRequest("structured answers need think markers that are single tokens of this model's "
                              f"vocabulary ({self.manifest.think_start!r} / {self.manifest.think_end!r} are not)", param)
+        if not _fits_int64(so.model_dump(by_alias=True) if so is not None else rf.model_dump(by_alias=True)):
+            raise BadRequest("an integer in the constraint is outside the 64-bit range", param)
         if so is not None:
             return StructuredOutputsParams(**so.model_dump(exclude_none=True, by_alias=True))
         if rf.type == "json_object":

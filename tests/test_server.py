@@ -301,12 +301,13 @@ LONG = "a1 " * 2000
      400, "response_format"),
     ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, 400, "structured_outputs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ({"structured_outputs": {"json": {"type": "object", "maxProperties": 10 ** 30}}}, 400, "structured_outputs"),
 ], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
         "negative-temperature", "n-greedy", "presence-penalty-range", "logit-bias-key", "logit-bias-vocab",
         "logit-bias-value", "top-logprobs-alone", "top-logprobs-range", "repetition-penalty-zero", "min-tokens-over-max",
         "seed-over-64-bit", "bad-regex", "json-schema-missing", "json-schema-invalid", "two-constraints",
-        "tools"])
+        "tools", "schema-int-over-64-bit"])
 def test_bad_input_gets_openai_error(server, body, status, param):
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "a1 b2"}], **body}
     payload = {k: v for k, v in payload.items() if v is not None}
