@@ -58,6 +58,10 @@ class StructuredOutputs(_Request):
     json_object: bool | None = None
 
 
+# sampling fields that go to vLLM as they come, when given (in gateway mode: to the upstream)
+SAMPLING_EXTRAS = ("presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens")
+
+
 class _Sampling(_Request):
     model: str | None = None
     n: int = Field(1, ge=1, le=16)

@@ -27,15 +27,12 @@ from .policy import EffortDecision, Policy
 from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
                        ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
                        CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
-                       ResponseMessage, Usage)
+                       ResponseMessage, SAMPLING_EXTRAS, Usage)
 from .reasoning import Markers, StopWatcher, StreamSplitter, split_ids
 from .registry import Adapter, scan
 from .router import BASE, History, Router, RouterError
 
 log = logging.getLogger("effort.service")
-
-# sampling fields passed to vLLM as they come, when given
-_SAMPLING_EXTRAS = ("presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens")
 
 
 @dataclass
@@ -289,8 +286,8 @@ class Service:
         except (ValueError, TypeError, VLLMClientError) as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             msg = e.args[0] if e.args else str(e)
             param = getattr(e, "parameter", None) or next(
-                (f for f in ("n", "temperature", "top_p", "seed", "stop", "max_tokens", *_SAMPLING_EXTRAS)
-                 if msg.startswith(f + " ")), None) or ("structured_outputs" if "structured outputs" in msg else None)
+                (f for f in ("n", "temperature", "top_p", "seed", "max_tokens", *SAMPLING_EXTRAS)
+                 if msg.startswith(f + " ")), None)
             raise BadRequest(msg.split("\n")[0], param, code="invalid_request") from None
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
                          (arrived or t0) + s.request_timeout, n_logprobs,
@@ -308,6 +305,7 @@ class Service:
 
     def _structured(self, req):
         """OpenAI's `response_format` or vLLM's `structured_outputs` as vLLM's constraint (None: free text)."""
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import StructuredOutputsParams
 
         rf, so = req.response_format, req.structured_outputs
@@ -321,18 +319,23 @@ class Service:
         if not self.structured_ready:
             raise BadRequest("structured answers need think markers that are single tokens of this model's "
                              f"vocabulary ({self.manifest.think_start!r} / {self.manifest.think_end!r} are not)", param)
-        if not _fits_int64(so.model_dump(by_alias=True) if so is not None else rf.model_dump(by_alias=True)):
+        if not _fits_int64((so or rf).model_dump(by_alias=True)):
             raise BadRequest("an integer in the constraint is outside the 64-bit range", param)
         if so is not None:
-            return StructuredOutputsParams(**so.model_dump(exclude_none=True, by_alias=True))
-        if rf.type == "json_object":
-            return StructuredOutputsParams(json_object=True)
-        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            spec = so.model_dump(exclude_none=True, by_alias=True)
+        elif rf.type == "json_object":
+            spec = {"json_object": True}
+        elif rf.json_schema is None or rf.json_schema.schema_ is None:
             raise BadRequest("response_format of type json_schema needs json_schema.schema", "response_format")
-        return StructuredOutputsParams(json=rf.json_schema.schema_)
+        else:
+            spec = {"json": rf.json_schema.schema_}
+        try:
+            return StructuredOutputsParams(**spec)
+        except (ValueError, VLLMClientError) as e:  # none or several constraints
+            raise BadRequest(str(e).split("\n")[0], param) from None
 
     def _extras(self, req) -> dict:
-        extras = {f: getattr(req, f) for f in _SAMPLING_EXTRAS if getattr(req, f) is not None}
+        extras = {f: getattr(req, f) for f in SAMPLING_EXTRAS if getattr(req, f) is not None}
         if extras.get("top_k", 0) > len(self.tokenizer):  # more than the vocabulary: no top-k at all
             extras["top_k"] = -1
         return extras

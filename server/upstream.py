@@ -18,6 +18,7 @@ engine gauges (running / waiting) are read from the upstream's ``/metrics``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ import aiohttp
 
 from .errors import APIError
 from .logprobs import from_completion
+from .protocol import SAMPLING_EXTRAS
 
 log = logging.getLogger("effort.upstream")
 
@@ -110,11 +112,10 @@ async def _arrived(content: aiohttp.StreamReader):
 
 
 def sampling_to_json(params) -> dict:
-    """The fields of a vLLM `SamplingParams` the OpenAI completions API carries."""
+    """The fields of a vLLM `SamplingParams` the OpenAI completions API carries (no `stop`: the
+    service applies stop strings to the answer itself, as in-process)."""
     body = {"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
             "max_tokens": params.max_tokens, "skip_special_tokens": False, "return_token_ids": True}
-    if params.stop:
-        body["stop"] = list(params.stop)
     if params.seed is not None:
         body["seed"] = params.seed
     budget = getattr(params, "thinking_token_budget", None)
@@ -127,18 +128,22 @@ def sampling_to_json(params) -> dict:
         body["structured_outputs"] = {k: getattr(so, k) for k in _CONSTRAINTS if getattr(so, k) is not None}
     if params.logit_bias:
         body["logit_bias"] = {str(t): b for t, b in params.logit_bias.items()}
-    for name, default in _DEFAULTS.items():
+    defaults = _default_params()
+    for name in SAMPLING_EXTRAS:
         value = getattr(params, name)
-        if value != default:
+        if value != getattr(defaults, name):
             body[name] = value
     return body
 
 
+@functools.cache
+def _default_params():
+    from vllm import SamplingParams
+    return SamplingParams()
+
+
 _CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
 
-# SamplingParams fields relayed to the upstream when they differ from vLLM's defaults
-_DEFAULTS = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "top_k": 0,
-             "min_p": 0.0, "min_tokens": 0}
 
 
 class UpstreamEngine:
