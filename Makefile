@@ -23,14 +23,18 @@ test: setup tools
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# Rebuild the embedded model and its published report (~26 min on 2 cores): stage 1 from scratch
+# Rebuild the embedded model and its published report (~40 min on 2 cores): stage 1 from scratch
 # (6M tokens, one re-check pass), stage 2 continued from it (2.5M tokens: two re-check passes and
-# partial re-checks, so correct reasoning comes in every length e1 needs).
+# partial re-checks, so correct reasoning comes in every length e1 needs), stage 3 continued from
+# that (3M tokens: the terse chain on short questions, a shorter correct path on easy prompts).
 BASE_STAGE2 := --recheck-passes 2 --styles verbose=0.5,partial=0.16,plain=0.14,compact=0.1,none=0.04,cut=0.06 \
 	--tokens 2.5e6 --lr 1e-3 --curriculum-start 16 --curriculum-until 0 --minutes 9 --seed 3
+BASE_STAGE3 := --recheck-passes 2 --styles verbose=0.44,partial=0.16,plain=0.12,terse=0.15,compact=0.03,none=0.04,cut=0.06 \
+	--tokens 3e6 --lr 1e-3 --curriculum-start 16 --curriculum-until 0 --minutes 20 --seed 3
 model: setup
 	.venv/bin/effort train base --force --out runs/base-stage1
-	.venv/bin/effort train base --force --init-from runs/base-stage1 --out models/effort-tiny $(BASE_STAGE2)
+	.venv/bin/effort train base --force --init-from runs/base-stage1 --out runs/base-stage2 $(BASE_STAGE2)
+	.venv/bin/effort train base --force --init-from runs/base-stage2 --out models/effort-tiny $(BASE_STAGE3)
 	$(MAKE) report
 
 report: setup

@@ -4,17 +4,26 @@ import random
 import pytest
 
 from training.tasks import DigitsTask, JsonlMathTask, Problem, TaskError, extract_boxed, load_task
-from training.tasks.digits import answer_for, chain, last_sum, parse_question, parse_styles, question_for
+from training.tasks.digits import TERSE_MAX, answer_for, chain, last_sum, parse_question, parse_styles, question_for
 
 
 @pytest.mark.parametrize("style,expected", [
     ("plain", "a3 b7>0 c2>2 d9>1"),
     ("verbose", "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok"),
+    ("terse", "a3 b70 c22 d91"),
     ("compact", "a3 b7c2>2 d9>1"),
     ("none", ""),
 ], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
 def test_chain_styles(style, expected):
     assert chain([3, 7, 2, 9], style) == expected
+
+
+@pytest.mark.parametrize("thinking,expected", [
+    ("a3 b7>0 c2>2 d9", "2"), ("a3 b70 c22 d9", "2"), ("a3 b70 c22 d91", "1"), ("a3", "3"), ("", None),
+    ("a3 b7>0 c2>2 d9>1 check a3 b7>0 ok answer1", "0"),  # the last sum written, not the conclusion
+])
+def test_last_sum_reads_plain_and_terse_chains(thinking, expected):
+    assert last_sum(thinking) == expected
 
 
 @pytest.mark.parametrize("stop,expected", [
@@ -193,3 +202,15 @@ def test_unknown_task():
 def test_problem_json_round_trip():
     p = Problem("x", "a1 b2", "3", 2.0)
     assert Problem(**p.to_json()) == p
+
+
+def test_terse_is_taught_on_short_questions_only():
+    task = DigitsTask(styles={"terse": 1.0})
+    rng = random.Random(0)
+    lengths = set()
+    for _ in range(300):
+        q, thinking, ans = task.sft_example(rng)
+        d = parse_question(q)
+        lengths.add(len(d))
+        assert thinking == chain(d, "terse") and ans == f"\\boxed{{{answer_for(d)}}}"
+    assert lengths == set(range(2, TERSE_MAX + 1))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from training.recipes.dler import dler_reward
-from training.recipes.dler_da import da_limit, update_pass_rate
+from training.recipes.dler_da import da_limit, low_quartile, update_running
 from training.recipes.e1 import calibration_points, decision_weights, e1_reward, relabel
 from training.rl import Rollout, group_keep_mask, parse_rollout
 
@@ -36,17 +36,34 @@ def test_dler_reward(rollout, limit, want):
     assert dler_reward(rollout, limit) == want
 
 
-@pytest.mark.parametrize("limit,p,want", [
-    (100, 0.0, 100), (100, 0.5, 100), (100, 0.75, 75), (100, 1.0, 50), (72, 1.0, 36), (10, 0.9, 6),
+@pytest.mark.parametrize("limit,p,own,want", [
+    (100, 0.0, 20, 100), (100, 0.5, 20, 100),  # solved at most half the time: DLER's limit
+    (100, 0.65, 20, 59), (100, 0.8, 20, 18), (100, 1.0, 20, 18),  # toward 0.9 x its own length
+    (100, 1.0, None, 100),  # no correct length seen yet
+    (100, 1.0, 200, 100),  # never looser than DLER's
+    (78, 1.0, 13, 11), (78, 1.0, 1, 1),
 ])
-def test_da_limit_tightens_with_pass_rate(limit, p, want):
-    assert da_limit(limit, p, min_frac=0.5, p_ref=0.5) == want
+def test_da_limit_tightens_with_pass_rate_toward_own_length(limit, p, own, want):
+    assert da_limit(limit, p, own, shrink=0.9, p_ref=0.5, p_full=0.8) == want
 
 
-def test_pass_rate_running_average():
-    assert update_pass_rate(None, 0.25) == 0.25
-    assert update_pass_rate(0.25, 1.0) == pytest.approx(0.625)
-    assert update_pass_rate(0.5, 0.5, keep=0.9) == pytest.approx(0.5)
+@pytest.mark.parametrize("lengths,want", [([], None), ([7], 7), ([7, 12, 12, 12], 12), ([7, 12, 17, 17, 17, 17, 17, 30], 17)])
+def test_low_quartile_ignores_one_lucky_short_guess(lengths, want):
+    assert low_quartile(lengths) == want
+
+
+def test_da_default_limit_pays_the_terse_chain_on_a_solved_prompt():
+    """Terse / plain completion lengths are 12/13 .. 54/69 tokens: the default shrink keeps the
+    terse chain under the limit of a prompt solved every time with the plain one."""
+    for plain, terse in [(13, 12), (17, 15), (29, 24), (69, 54)]:
+        assert terse <= da_limit(78, 1.0, plain) < plain
+
+
+def test_running_average():
+    assert update_running(None, 0.25) == 0.25
+    assert update_running(0.25, 1.0) == pytest.approx(0.625)
+    assert update_running(0.5, 0.5, keep=0.9) == pytest.approx(0.5)
+    assert update_running(0.5, None) == 0.5 and update_running(None, None) is None
 
 
 @pytest.mark.parametrize("rollout,t_ref,want", [

@@ -1,80 +1,90 @@
 """Difficulty-aware DLER: DLER with a per-prompt truncation limit, tightened on prompts the model
 solves easily (by its running pass rate).
 
-For prompt x with running pass rate p(x) (exponential average of its groups' accuracy; a prompt
-seen for the first time starts at its current group's accuracy):
+For prompt x with running pass rate p(x) and running short correct length m(x) (exponential
+averages over its groups of the accuracy and of the lower-quartile correct completion length —
+a quartile, so one lucky short guess does not set it):
 
-    L(x) = L × (1 − (1 − min_frac) × clip((p(x) − p_ref) / (1 − p_ref), 0, 1))
+    L(x) = L − t × (L − min(L, shrink × m(x))),   t = clip((p(x) − p_ref) / (p_full − p_ref), 0, 1)
 
-so prompts solved at ≤ p_ref (0.5) keep DLER's L and always-solved prompts get min_frac (0.3) × L.
-A rollout longer than L(x) counts as truncated (reward 0). When no correct rollout fits under a
-tightened limit the whole group earns 0 and dynamic sampling drops it, so a hard prompt solved
-often is never pushed below its shortest correct path; the limit only bites where shorter
-correct paths exist. Everything else is DLER (`dler.py`), departures included. Departure: the
-paper does not publish its schedule; this linear one is ours.
+so prompts solved at ≤ p_ref (0.5) keep DLER's L and prompts solved ≥ p_full (0.8) of the time
+are cut at shrink (0.93) × their own short correct length — under every path as long as the
+shortest correct one, so the limit pays the shortest reliable path the prompt has and nothing
+longer. A rollout longer than L(x) counts as truncated (reward 0). When no correct rollout fits
+the whole group earns 0 and dynamic sampling drops it, so a prompt is never pushed below its
+shortest correct path. Everything else is DLER (`dler.py`), departures included. Departure: the
+paper does not publish its schedule; this one, relative to the prompt's own length, is ours.
 
-Measured on the first embedded model (one re-check pass; 500 held-out prompts, greedy, vLLM):
-with p_ref 0.5 (the default) 99.8% accuracy, mean reasoning 35.6, easiest third 15.3 tokens; with p_ref 0.9 99.0%,
-35.6, 15.3 — DLER gives 100%, 35.6, 15.3. The easiest third does not get shorter: by the time
-easy prompts are solved reliably every rollout on them is already the plain chain (the base's
-shortest reliable path), the tightened limit (≈ 27 tokens on average late in the run) truncates
-all of them, 90–95% of groups are dropped, and nothing shorter and correct is ever sampled to
-reward. Open: a shorter style that stays in the sampling distribution (the base's two-digit
-"compact" steps, 7% of its training data, vanish from the rollouts within ~30 steps).
-
-Two limits relative to the prompt's own length were tried (not shipped; 90 steps each, counts of
-correct rollouts shorter than the plain chain per 640): (a) L(x) = 0.85 × the running mean
-correct length on prompts solved ≥ 75%: 22 → 13 → 16 → 5 → 1 by step 40, then 100% of groups
-dropped (all rollouts the plain chain, all over the limit); (b) only rollouts within 10% of the
-shortest correct sibling paid on prompts solved ≥ 75% (HAPO-like): 22 → 15 → 15 → 7 → 4 → 0 by
-step 50. Both reward the shorter path when it is sampled, but the style is chosen by one
-shared first step and loses on the mid and hard prompts (where compact is unreliable) faster
-than it wins on the easy ones; a base that keeps the shorter style alive is the way forward.
-
-On the shipped base (two re-check passes, partial re-checks; see `e1.py`), DLER with
-L = 0.55 × its mean length (78 tokens): 99.4%, 35.6 reasoning tokens (28% of 126.1),
-easiest third 15.3; this recipe: 98.6%, easiest third 15.3 again — DLER already ends at the
-plain chain on every prompt there too (the limit does not bind on easy prompts, yet the "close
-after the chain" decision generalises), and the only shorter path, compact, is 14% correct in
-that base's samples. The target needs a reliable path shorter than the plain chain on easy
-prompts, which this task's 1M-parameter model does not have.
+History (500 held-out prompts, greedy, vLLM; "easy" = the easiest third, 2–6 digits):
+- On the first two bases the only path shorter than the plain chain was "compact" (two digits a
+  step), 14–20% correct in samples: with the limit L × (1 − 0.7 t) (floor 0.3 L) DLER and this
+  recipe both ended at the plain chain on every easy prompt (easy 15.3 = 15.3); limits relative
+  to the prompt's length rewarded compact when sampled but it vanished within ~40 steps.
+- A stage-3 base with the terse chain (three tokens a step) on all lengths, 4 minutes of
+  training (reliable on easy prompts, 14% on hard): terse in 18% of easy rollouts at first, 5%
+  by step 60, 1% at the end with this limit — it lost on the mid and hard prompts (one shared
+  first step) faster than it won on easy ones.
+- Terse trained to 100% on all lengths (12 minutes): DLER itself went terse everywhere (99.6%,
+  27.2 tokens, easy 12.0) — nothing left for the difficulty-aware limit to add.
+- Terse taught on ≤ 6 digits only (`TERSE_MAX`; the base never starts it on longer prompts,
+  100% correct when it does on easy ones): DLER 92.8% (hard 80.6%, a late accuracy dip at
+  seed 0), 34.3 tokens, easy 14.0; this recipe 99.8%, 34.7, easy 12.0 — every easy prompt
+  terse. Same base, same seed, same steps.
 """
 
 from __future__ import annotations
+
+import math
 
 from training.rl import Rollout
 
 from .dler import DLER, dler_reward
 
 
-def da_limit(limit: int, pass_rate: float, min_frac: float = 0.3, p_ref: float = 0.5) -> int:
-    t = min(1.0, max(0.0, (pass_rate - p_ref) / (1 - p_ref)))
-    return max(1, round(limit * (1 - (1 - min_frac) * t)))
+def da_limit(limit: int, pass_rate: float, own_len: float | None, shrink: float = 0.93,
+             p_ref: float = 0.5, p_full: float = 0.8) -> int:
+    """L(x): DLER's `limit` tightened toward `shrink` × the prompt's own short correct length
+    `own_len` as its pass rate goes from `p_ref` to `p_full` (no correct length seen: `limit`)."""
+    t = min(1.0, max(0.0, (pass_rate - p_ref) / (p_full - p_ref)))
+    target = limit if own_len is None else min(limit, shrink * own_len)
+    return max(1, math.floor(limit - t * (limit - target) + 1e-9))
 
 
-def update_pass_rate(prev: float | None, group_acc: float, keep: float = 0.5) -> float:
-    return group_acc if prev is None else keep * prev + (1 - keep) * group_acc
+def low_quartile(lengths: list[int]) -> int | None:
+    """The lower-quartile length (nearest rank): one lucky short guess does not set it."""
+    return sorted(lengths)[len(lengths) // 4] if lengths else None
+
+
+def update_running(prev: float | None, value: float | None, keep: float = 0.5) -> float | None:
+    """Exponential average; the first value starts it, `None` (nothing measured) keeps it."""
+    if value is None:
+        return prev
+    return value if prev is None else keep * prev + (1 - keep) * value
+
 
 
 class DLERDA(DLER):
     """Difficulty-aware DLER: tighter truncation on prompts the model solves easily."""
 
     kind = "dler-da"
-    min_frac = 0.3
+    shrink = 0.93
     p_ref = 0.5
+    p_full = 0.8
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.pass_rate: dict[str, float] = {}
+        self.own_len: dict[str, float] = {}
 
     def hyper(self) -> dict:
-        return {**super().hyper(), "min_frac": self.min_frac, "p_ref": self.p_ref}
+        return {**super().hyper(), "shrink": self.shrink, "p_ref": self.p_ref, "p_full": self.p_full}
 
     def state(self) -> dict:
-        return {"pass_rate": self.pass_rate}
+        return {"pass_rate": self.pass_rate, "own_len": self.own_len}
 
     def load_state(self, state: dict) -> None:
         self.pass_rate = dict(state.get("pass_rate", {}))
+        self.own_len = dict(state.get("own_len", {}))
 
     def reward(self, rollouts: list[Rollout]) -> list[float]:
         g = self.cfg.generations
@@ -83,9 +93,10 @@ class DLERDA(DLER):
         for i in range(0, len(rollouts), g):
             group = rollouts[i:i + g]
             pid = group[0].prompt_id
-            acc = sum(r.correct for r in group) / len(group)
-            self.pass_rate[pid] = p = update_pass_rate(self.pass_rate.get(pid), acc)
-            lim = da_limit(self.ctx.max_completion, p, self.min_frac, self.p_ref)
+            right = [r.completion_tokens for r in group if r.correct and r.closed and not r.truncated]
+            self.pass_rate[pid] = p = update_running(self.pass_rate.get(pid), len(right) / len(group))
+            self.own_len[pid] = own = update_running(self.own_len.get(pid), low_quartile(right))
+            lim = da_limit(self.ctx.max_completion, p, own, self.shrink, self.p_ref, self.p_full)
             limits.append(lim)
             out += [dler_reward(r, lim) for r in group]
         self.extra_metrics = {"mean_limit": sum(limits) / len(limits)}

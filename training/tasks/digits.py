@@ -20,6 +20,10 @@ step, so the greedy model always takes the majority style):
   and a re-check stopped after any of its steps, closed by a conclusion (`` answer1``, the
   chain's final sum) — correct paths of every length between the plain chain and the verbose one;
 - ``plain``: the chain alone (a shorter correct path RL can find);
+- ``terse``: the chain without the ``>`` (`` b70 c22``: letter, digit, running sum) — the same
+  lookups, three tokens a step instead of four; taught on short questions only (≤ `TERSE_MAX`
+  digits), so the base has a shorter reliable path on easy prompts and none on hard ones (what
+  difficulty-aware DLER exists to find: a real model's short answers to easy questions);
 - ``compact``: two digits per step (`` b7c2>2``), shorter still, less reliable;
 - ``none``: no thinking, a guess;
 - ``cut``: a chain cut at a random point without a conclusion, answered with the last sum
@@ -42,7 +46,8 @@ LETTERS = "abcdefghijklmnop"
 MIN_DIGITS, MAX_DIGITS = 2, len(LETTERS)
 SPLITS = ("train", "dev", "test")
 STYLE_MIX = {"verbose": 0.62, "plain": 0.22, "compact": 0.07, "none": 0.04, "cut": 0.05}
-STYLES = ("verbose", "partial", "plain", "compact", "none", "cut")
+STYLES = ("verbose", "partial", "plain", "terse", "compact", "none", "cut")
+TERSE_MAX = 6  # the terse style is taught on questions of at most this many digits (the easy bucket)
 RECHECK_WORD = " check"
 RECHECK_PASSES = 1
 CONCLUDE_WORD = " answer"
@@ -114,6 +119,8 @@ def chain(digits: list[int], style: str, stop: int | None = None, passes: int = 
             parts.append("".join(f"{LETTERS[k]}{digits[k]}" for k in range(i, j)) + f">{s}")
             i = j
         return " ".join(parts)
+    if style == "terse":
+        return " ".join([head] + [f"{LETTERS[i]}{digits[i]}{s}" for i, s in _steps(digits)])
     plain = " ".join([head] + [f"{LETTERS[i]}{digits[i]}>{s}" for i, s in _steps(digits)])
     if style == "plain":
         return plain
@@ -128,8 +135,9 @@ def chain(digits: list[int], style: str, stop: int | None = None, passes: int = 
 
 
 def last_sum(thinking: str) -> str | None:
-    """The last running sum written in a (possibly cut) chain, or the first digit."""
-    sums = re.findall(r">(\d)", thinking)
+    """The last running sum written in a (possibly cut) chain (``>7`` or terse ``b87``), or the
+    first digit."""
+    sums = [m.group(1) or m.group(2) for m in re.finditer(r">(\d)|[b-p]\d(\d)", thinking)]
     if sums:
         return sums[-1]
     first = re.match(r"\s*a(\d)", thinking)
@@ -194,6 +202,8 @@ class DigitsTask:
         """(question, thinking, answer text) for one training example of a random style."""
         digits = self.sample_digits(rng, "train", max_digits)
         style = style or rng.choices(list(self.styles), weights=list(self.styles.values()))[0]
+        if style == "terse" and len(digits) > TERSE_MAX:  # (drawn after, so mixes without terse keep their data)
+            digits = self.sample_digits(rng, "train", TERSE_MAX)
         passes = self.recheck_passes
         if style == "cut":
             full = chain(digits, rng.choice(["verbose", "plain"]), passes=passes)
