@@ -29,7 +29,9 @@ History (500 held-out prompts, greedy, vLLM; "easy" = the easiest third, 2–6 d
 - Terse taught on ≤ 6 digits only (`TERSE_MAX`; the base never starts it on longer prompts,
   100% correct when it does on easy ones): DLER 92.8% (hard 80.6%, a late accuracy dip at
   seed 0), 34.3 tokens, easy 14.0; this recipe 99.8%, 34.7, easy 12.0 — every easy prompt
-  terse. Same base, same seed, same steps.
+  terse. Same base, same seed, same steps. Seed 1: DLER 99.8%, 35.3, easy 14.2; this recipe
+  97.2% (hard 92.8%, a late dip), 34.8, easy 12.3. The easy-third gap holds at both seeds; the
+  late dips on hard prompts (lr constant to the last step) are open.
 """
 
 from __future__ import annotations
