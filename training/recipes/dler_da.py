@@ -8,11 +8,11 @@ a quartile, so one lucky short guess does not set it):
     L(x) = L − t × (L − min(L, shrink × m(x))),   t = clip((p(x) − p_ref) / (p_full − p_ref), 0, 1)
 
 so prompts solved at ≤ p_ref (0.5) keep DLER's L and prompts solved ≥ p_full (0.8) of the time
-are cut at shrink (0.93) × their own short correct length — under every path as long as the
-shortest correct one, so the limit pays the shortest reliable path the prompt has and nothing
-longer. A rollout longer than L(x) counts as truncated (reward 0). When no correct rollout fits
-the whole group earns 0 and dynamic sampling drops it, so a prompt is never pushed below its
-shortest correct path. Everything else is DLER (`dler.py`), departures included. Departure: the
+are cut at shrink (0.93) × their own short correct length: while a shorter correct path is
+rarer than a quarter of the rollouts it is paid and the common path is not; once it is the
+common path the limit falls under it too, every rollout earns 0 and dynamic sampling drops the
+group (no push either way), so a prompt is never pushed below its shortest correct path. A
+rollout longer than L(x) counts as truncated (reward 0). Everything else is DLER (`dler.py`), departures included. Departure: the
 paper does not publish its schedule; this one, relative to the prompt's own length, is ours.
 
 History (500 held-out prompts, greedy, vLLM; "easy" = the easiest third, 2–6 digits):
@@ -62,7 +62,6 @@ def update_running(prev: float | None, value: float | None, keep: float = 0.5) -
     if value is None:
         return prev
     return value if prev is None else keep * prev + (1 - keep) * value
-
 
 
 class DLERDA(DLER):
