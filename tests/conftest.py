@@ -73,6 +73,7 @@ def quick_adapters(model_dir, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     for kind, cls in RECIPES.items():
         train_recipe(cls, RLConfig(model=str(model_dir), quick=True, threads=1, name=f"q-{kind}",
+                                   lr_schedule="linear" if kind == "dler-da" else "constant",
                                    out=str(folder / f"q-{kind}"), run_dir=str(runs / kind)), log=lambda *_: None)
     return folder
 

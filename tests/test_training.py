@@ -13,7 +13,7 @@ import pytest
 
 from training.recipes.dler import dler_reward
 from training.recipes.dler_da import da_limit, low_quartile, update_running
-from training.recipes.e1 import calibration_points, decision_weights, e1_reward, relabel
+from training.recipes.e1 import calibration_points, decision_weights, e1_reward, reference_lengths, relabel
 from training.rl import Rollout, group_keep_mask, parse_rollout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,6 +95,18 @@ def test_relabel_picks_per_prompt_and_effort_the_nearest_fitting_sample():
                   grid=[0.25, 0.5, 0.6, 0.75, 0.95, 1.0], tol=0.06)
     assert got == [("p", 0.25, plain), ("p", 0.6, mid), ("p", 0.95, full), ("p", 1.0, full),
                    ("q", 0.95, full), ("q", 1.0, full)]  # 0.5 and 0.75: no sample within 0.06
+
+
+@pytest.mark.parametrize("rows,quantile,want", [
+    # a base that answers an easy prompt with its short path when greedy: T(x) is still its full length
+    ([("p", 15, True), ("p", 64, True), ("p", 64, True), ("p", 20, True)], 0.75, {"p": 64.0}),
+    ([("p", 15, True), ("p", 64, True), ("p", 64, True), ("p", 20, True)], 0.0, {"p": 15.0}),
+    ([("p", 30, True), ("p", 90, False)], 0.75, {"p": 30.0}),  # wrong answers do not count
+    ([("p", 30, False), ("q", 0, True)], 0.75, {"q": 1.0}),  # none correct: left out; never 0
+    ([("p", 10, True, [1, 2])], 1.0, {"p": 10.0}),  # extra fields (completion ids) are ignored
+])
+def test_reference_length_is_a_quantile_of_the_correct_lengths(rows, quantile, want):
+    assert reference_lengths(rows, quantile) == want
 
 
 @pytest.mark.parametrize("completions,want", [
@@ -230,6 +242,9 @@ def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward", "accuracy", "mean_length", "entropy", "groups_dropped"):
         assert key in rows[0], key
+    lrs = [r["lr"] for r in rows]  # the session trains dler-da with --lr-schedule linear, the others constant
+    assert m.training["hyper"]["lr_schedule"] == ("linear" if kind == "dler-da" else "constant")
+    assert (lrs[1] < lrs[0]) if kind == "dler-da" else (lrs[1] == lrs[0] > 0), lrs
     import gzip
 
     roll = [json.loads(x) for x in gzip.open(folder / "rollouts.jsonl.gz", "rt")]
@@ -293,6 +308,7 @@ def test_kill_and_resume_loses_at_most_one_save_interval(tmp_path, model_dir):
     (["train", "dler", "--quick", "--lora-targets", "q_proj,wq"], "wq not found"),
     (["train", "dler", "--quick", "--out", "{exists}"], "exists"),
     (["train", "dler", "--quick", "--generations", "1"], "--generations"),
+    (["train", "dler", "--quick", "--lr-schedule", "step"], "--lr-schedule"),
     (["train", "dler", "--resume", "--run-dir", "{empty}"], "no checkpoint"),
     (["merge", "--adapter", "nope"], "unknown adapter"),
     (["merge", "--adapter", "{noisy}", "--keep", "0"], "--keep"),

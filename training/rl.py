@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # --lr-schedule → transformers'
 
 
 class TrainError(ValueError):
@@ -50,7 +51,8 @@ class RLConfig:
     generations: int = field(default=8, metadata={"help": "rollouts per prompt (the GRPO group)"})
     max_steps: int = field(default=160, metadata={"help": "optimiser steps"})
     minutes: float = field(default=15.0, metadata={"help": "wall-clock cap on preparation + training (then checkpointed and stopped; the evaluation adds 1-3 min)"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (constant after a short warm-up)"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (peak, after a short warm-up)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "after the warm-up: constant, linear or cosine (down to 0 at --max-steps)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
@@ -74,6 +76,8 @@ class RLConfig:
             raise TrainError("--generations must be >= 2 (GRPO compares rollouts of one prompt)")
         if self.minutes <= 0 or self.lr <= 0 or self.temperature <= 0:
             raise TrainError("--minutes, --lr and --temperature must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         if self.max_completion < 0 or self.eval_n < 0 or self.beta < 0:
             raise TrainError("--max-completion, --eval-n and --beta must be >= 0")
         if self.quick:  # seconds, not minutes: the tests' smoke run of every recipe; flags given explicitly win
@@ -541,7 +545,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
         output_dir=str(run_dir), per_device_train_batch_size=cfg.prompts_per_step * cfg.generations,
         num_generations=cfg.generations, gradient_accumulation_steps=1, steps_per_generation=1,
         max_completion_length=cap, temperature=cfg.temperature, top_p=1.0, learning_rate=cfg.lr,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_steps, beta=cfg.beta,
+        lr_scheduler_type=LR_SCHEDULES[cfg.lr_schedule], warmup_steps=cfg.warmup_steps, beta=cfg.beta,
         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type="dapo", scale_rewards="batch",
         mask_truncated_completions=False, logging_steps=1, save_steps=cfg.save_every, save_total_limit=2,
         max_steps=cfg.max_steps, bf16=False, fp16=False, gradient_checkpointing=False, report_to=[],
@@ -612,7 +616,7 @@ def eval_full(ev, folder: Path, manifest, task, task_name: str, n: int, log=prin
 
 
 def _hyper(cfg: RLConfig) -> dict:
-    keep = ("prompts_per_step", "generations", "lr", "lora_r", "lora_alpha", "lora_targets", "temperature", "beta",
+    keep = ("prompts_per_step", "generations", "lr", "lr_schedule", "lora_r", "lora_alpha", "lora_targets", "temperature", "beta",
             "epsilon", "epsilon_high", "no_dynamic_sampling", "warmup_steps")
     return {k: getattr(cfg, k) for k in keep}
 

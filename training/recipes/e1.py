@@ -3,8 +3,17 @@
 - The effort fraction r is written into the prompt (the manifest's `control`:
   ``Think for effort 0.50 of full.`` before the question); r is drawn per training prompt
   from 0.20, 0.25, …, 1.00.
-- T(x) = the reference full-effort reasoning length of prompt x: the base model's greedy
-  length, measured before training, then a running average of correct rollouts at r ≥ 0.95.
+- T(x) = the reference full-effort reasoning length of prompt x, measured on the base before
+  training, then a running average of correct rollouts at r ≥ 0.95. Here the upper quartile of
+  the base's correct lengths over its greedy completion and 16 temperature-1 samples
+  (`reference_quantile`; the paper's is the greedy length): a base that answers some easy
+  prompts with a short path when greedy (the embedded model's terse chain, 14% of prompts) would
+  otherwise set "full effort" to that short path on those prompts only — the warm-up then
+  teaches effort 1.0 as the terse chain on some easy prompts and the full re-check on the
+  rest, and the mean ratio ℓ / T(x) of any longer path there is 3–4 (measured: after the
+  warm-up, ratios 1.02 / 1.32 / 1.37 / 1.03 at efforts 0.25 / 0.5 / 0.75 / 1.0, flat at
+  0.76–0.81 on the other prompts). GRPO trains on the prompts whose T(x) was sampled; the
+  calibration and the test report measure T(x) the same way (8 samples a prompt).
 - Reward: a correct answer whose reasoning length ℓ is near r × T(x).
 - After training, a calibration measures the realised ratio ℓ / T(x) at the trained control
   values 0.20 … 1.00 on 100 dev prompts through vLLM and stores, in the manifest's control, the
@@ -179,14 +188,17 @@ class E1(Recipe):
     control = CONTROL
     band = 0.3
     warmup_steps = 300  # decision-weighted LoRA steps before GRPO
-    warm_prompts = 384  # prompts sampled for the warm-up …
+    warm_prompts = 384  # prompts sampled for the warm-up (GRPO and the anchor train on these) …
     warm_samples = 16  # … at temperature 1, this many each
-    decision_weight = 5.0
+    decision_weight = 20.0
+    reference_quantile: float | None = 0.75  # T(x): this quantile of the base's correct lengths (None: its greedy length)
+    reference_samples = 8  # … of this many temperature-1 samples per dev / test prompt in `finish`
     tol = 0.06  # a sample fits an effort when |its length ratio - effort| <= tol
-    anchor_prompts = 512  # after GRPO: base greedy completions of this many prompts at controls 0.95 / 1.0 …
+    anchor_prompts = 384  # after GRPO: base greedy completions of this many prompts at controls 0.95 / 1.0 …
     anchor_replay_max = 0.85  # … plus the trained adapter's own correct greedy ones at a control <= this
     anchor_short = (0.2, 0.25, 0.3)  # … and its own correct greedy completions at control 0.2, relabelled to these
     anchor_short_max = 0.4  # … when their length ratio is at most this
+    anchor_full_min = 0.9  # … the base's greedy completions at 0.95 / 1.0 only when at least this long a ratio
     anchor_steps = 40
     anchor_lr = 2e-4
     reserve_s = 240.0  # of the --minutes cap, for the anchor (≈ 3.7 min measured)
@@ -194,6 +206,7 @@ class E1(Recipe):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.t_ref: dict[str, float] = {}
+        self.sampled: set[str] = set()  # prompts whose T(x) comes from samples (GRPO trains on these)
         self.warmup: dict = {}
         self.anchor: dict = {}
 
@@ -204,7 +217,7 @@ class E1(Recipe):
     def rows(self, problems) -> list[dict]:
         rng = random.Random(self.cfg.seed + 7)
         rows = []
-        for p in problems:
+        for p in [p for p in problems if p.id in self.sampled] if self.sampled else problems:
             e = rng.choice(GRID)
             rows.append({"prompt": self.ctx.render(CONTROL.render(p.question, e)), "prompt_id": p.id, "effort": e})
         return rows
@@ -227,6 +240,9 @@ class E1(Recipe):
         warm = problems[: 4 if quick else self.warm_prompts]
         ids = {p.id for p in warm}
         rows = [g for g in greedy if g[0] in ids] + self._complete(warm, 1.0, 2 if quick else self.warm_samples)
+        if self.reference_quantile is not None:
+            self.t_ref.update(reference_lengths(rows, self.reference_quantile))
+            self.sampled = {pid for pid in ids if pid in self.t_ref}
         correct: dict[str, list[tuple[float, list[int]]]] = {p.id: [] for p in warm}
         for pid, n, ok, t in rows:
             if ok:
@@ -309,7 +325,8 @@ class E1(Recipe):
         probs = problems[: 4 if quick else self.anchor_prompts]
         model = self.ctx.model
         with model.disable_adapter() if quick else contextlib.nullcontext():  # vLLM samples the base itself
-            full = [(pid, ids) for pid, _, ok, ids in self._complete(probs, 0.0, 1) if ok]
+            full = [(pid, ids) for pid, _, ok, ids in self._complete(probs, 0.0, 1)  # … of full length: not a
+                    if ok and self._ratio(pid, ids) >= self.anchor_full_min]  # greedy short path (T(x) is sampled)
         rng = random.Random(self.cfg.seed + 13)
         low = [g for g in GRID if g <= self.anchor_replay_max]
         effs = [rng.choice(low) for _ in probs]
@@ -335,6 +352,22 @@ class E1(Recipe):
         log(f"e1 anchor ({steps} steps): {len(full)} base completions at 0.95 / 1.0, {len(own)} own at <= "
             f"{self.anchor_replay_max}; loss {loss:.4f}")
 
+    def _full_lengths(self, evaluator, problems) -> dict[str, float]:
+        """The base's full-effort reasoning length of each problem, as T(x) is defined in training:
+        its greedy length, or (`reference_quantile`) that quantile of its correct lengths over the
+        greedy completion and `reference_samples` temperature-1 samples (the greedy length where
+        none is correct)."""
+        task = self.ctx.task
+        greedy = evaluator.generate(problems, task, None, [None] * len(problems))
+        full = {r["id"]: float(r["reasoning_tokens"]) for r in greedy}
+        if self.reference_quantile is None:
+            return full
+        rows = greedy + evaluator.generate(problems, task, None, [None] * len(problems), temperature=1.0,
+                                           samples=self.reference_samples, seed=self.cfg.seed + 19)
+        full.update(reference_lengths([(r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop")
+                                       for r in rows], self.reference_quantile))
+        return full
+
     def _ratio(self, pid: str, ids: list[int]) -> float:
         """Reasoning length of a completion (ids) over the prompt's full-effort length T(x)."""
         n = split_ids(list(ids), self.ctx.markers).reasoning_tokens
@@ -358,10 +391,11 @@ class E1(Recipe):
                 for r, e in zip(rows, efforts) if r["correct"] and r["finish_reason"] == "stop"]
 
     def state(self) -> dict:
-        return {"t_ref": self.t_ref, "warmup": self.warmup}
+        return {"t_ref": self.t_ref, "sampled": sorted(self.sampled), "warmup": self.warmup}
 
     def load_state(self, state: dict) -> None:
         self.t_ref = dict(state.get("t_ref", {}))
+        self.sampled = set(state.get("sampled", []))
         self.warmup = dict(state.get("warmup", {}))
 
     def reward(self, rollouts: list[Rollout]) -> list[float]:
@@ -384,7 +418,7 @@ class E1(Recipe):
         m = AdapterManifest.read(adapter_dir)
         adapter = Adapter(m.name, adapter_dir.resolve(), m, lora_id=11)
         dev = task.problems("dev", min(100, self.cfg.eval_n), 0)
-        base_dev = {r["id"]: r["reasoning_tokens"] for r in evaluator.generate(dev, task, None, [None] * len(dev))}
+        base_dev = self._full_lengths(evaluator, dev)
         realised = {}
         for c in CALIBRATION_POINTS:
             rows = evaluator.generate(dev, task, adapter, [None] * len(dev), effort=c)
@@ -393,7 +427,7 @@ class E1(Recipe):
         m.write(adapter_dir)
         adapter = Adapter(m.name, adapter_dir.resolve(), m, lora_id=12)
         test = task.problems("test", self.cfg.eval_n, 0)
-        base_test = {r["id"]: r["reasoning_tokens"] for r in evaluator.generate(test, task, None, [None] * len(test))}
+        base_test = self._full_lengths(evaluator, test)
         efforts = {}
         for e in REPORT_EFFORTS:
             rows = evaluator.generate(test, task, adapter, [None] * len(test), effort=e)
@@ -401,6 +435,16 @@ class E1(Recipe):
                                "mean_reasoning": sum(r["reasoning_tokens"] for r in rows) / len(rows),
                                "realised_ratio": _mean_ratio(rows, base_test)}
         return {"calibration_realised": {str(k): round(v, 4) for k, v in realised.items()}, "efforts": efforts}
+
+
+def reference_lengths(rows, quantile: float) -> dict[str, float]:
+    """Per prompt id: the `quantile` of the reasoning lengths of its correct completions
+    ((prompt id, reasoning tokens, correct, …) rows; prompts with none are left out)."""
+    lengths: dict[str, list[int]] = {}
+    for pid, n, ok, *_ in rows:
+        if ok:
+            lengths.setdefault(pid, []).append(n)
+    return {pid: float(max(1, sorted(ns)[min(len(ns) - 1, int(quantile * len(ns)))])) for pid, ns in lengths.items()}
 
 
 def _mean_ratio(rows, full: dict) -> float:
