@@ -52,7 +52,18 @@ Departures:
   in one run and 0.54 in another, effort 0.75 0.97 of full). Each request gets one path; the
   average over prompts is the effort.
 
-Measured on the shipped embedded model (`make adapters`; `--minutes 19`, 18.6 min: sampling and
+Measured on the stage-3 embedded model (branch terse-base; `--minutes 19`, 18.0 min: sampling and
+warm-up ≈ 12.5 min, 22 GRPO steps, the anchor; T(x) the upper quartile, decision weight 20): the
+warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6% accurate) to 0.27 /
+0.74 (94%); calibration realised 0.35–0.40 at controls 0.2–0.35 and 1.03–1.27 above (no middle
+path on dev: the mix of the two serves 0.5 and 0.75); the 500 test prompts give ratios 0.354 /
+0.542 / 0.785 / 1.027 at efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy 99.4 / 99.6 / 99.8 / 100%;
+base 100%) — effort 0.25 is 0.004 above its ±0.1 band: the shortest control realises the plain
+chain (≈ 1/3 of full) on most prompts, the terse chain (≈ 1/4) only on some easy ones. The same
+recipe with 512 warm-up / anchor prompts and no full-length filter on the anchor spent the cap
+on preparation (1 GRPO step, at lr 0): 0.341 / 0.544 / 0.810 / 1.020, accuracy 82.2% at 0.25.
+
+Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
 length ratio at effort 0.25 / 1.0 from 0.26 / 0.43 with 14% accuracy (the text derails the base)
 to 0.27 / 0.94 with 97%; calibration realised 0.31–0.34 at controls 0.2–0.35, 0.64–0.80 at
