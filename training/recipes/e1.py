@@ -26,7 +26,8 @@ Departures:
   decision-weighted loss. Through vLLM on the base: the greedy completion of every training
   prompt, then 16 temperature-1 samples of 384 prompts; each prompt is written with every effort
   of the grid that one of its correct samples fits (length ratio within 0.06), the effort bins
-  balanced, and the LoRA trained on them for 300 steps with the loss weighted ×5 on the tokens
+  balanced, and the LoRA trained on them for 300 steps with the loss weighted ×20 (×5 on main's
+  stage-2 base, where ×20 cost accuracy; on the stage-3 base ×5 left length flat) on the tokens
   where one prompt's completions part ways (close the thinking here, or go on). A model that has
   never seen an effort text is derailed by one (the embedded model: 100% → 14% greedy accuracy),
   and without the weighting the LoRA copies the samples without reading the text (below). The
@@ -239,8 +240,9 @@ class E1(Recipe):
         The base has never seen an effort text (with one in front the embedded model falls from
         100% to 5–15% greedy accuracy) and a LoRA that only copies the base's completions never
         reads it. So, through vLLM on the base: the greedy completion of every training prompt
-        (T(x), and the full-effort example), then `warm_samples` temperature-1 samples of
-        `warm_prompts` prompts. Each prompt is written with every effort of the grid that one of
+        (T(x) where `reference_quantile` is None), then `warm_samples` temperature-1 samples of
+        `warm_prompts` prompts (T(x) of these: the quantile of their correct lengths; GRPO and the
+        anchor use only these prompts). Each prompt is written with every effort of the grid that one of
         its correct samples fits (`relabel`), the bins balanced, and the LoRA is trained on them
         with the loss weighted `decision_weight`× where a prompt's completions part ways
         (`decision_weights`: close the thinking here, or go on). GRPO then starts from a model that
