@@ -43,8 +43,8 @@ report: setup
 # Train the shipped adapters for the embedded model (each run <= 20 min on 2 cores), then the
 # comparison table and plot of the README (adapters/report/).
 adapters: setup
-	.venv/bin/effort train dler --force
-	.venv/bin/effort train dler-da --force
+	.venv/bin/effort train dler --force --lr-schedule linear
+	.venv/bin/effort train dler-da --force --lr-schedule linear
 	.venv/bin/effort train e1 --force --max-steps 240 --minutes 19
 	.venv/bin/effort merge --adapter dler --force
 	$(MAKE) adapters-report

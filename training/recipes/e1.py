@@ -208,8 +208,8 @@ class E1(Recipe):
     tol = 0.06  # a sample fits an effort when |its length ratio - effort| <= tol
     anchor_prompts = 384  # after GRPO: base greedy completions of this many prompts at controls 0.95 / 1.0 …
     anchor_replay_max = 0.85  # … plus the trained adapter's own correct greedy ones at a control <= this
-    anchor_short = (0.2, 0.25, 0.3)  # … and its own correct greedy completions at control 0.2, relabelled to these
-    anchor_short_max = 0.4  # … when their length ratio is at most this
+    anchor_short = (0.2, 0.25)  # … and its own correct greedy completions at control 0.2, relabelled to these
+    anchor_short_max = 0.3  # … when their length ratio is at most this
     anchor_full_min = 0.9  # … the base's greedy completions at 0.95 / 1.0 only when at least this long a ratio
     anchor_steps = 40
     anchor_lr = 2e-4
@@ -223,7 +223,9 @@ class E1(Recipe):
         self.anchor: dict = {}
 
     def hyper(self) -> dict:
-        return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": "base greedy length",
+        return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": ("base greedy length" if self.reference_quantile is None else
+                              f"quantile {self.reference_quantile} of the base's correct lengths "
+                              f"(greedy + {self.warm_samples} samples)"),
                 "warmup": self.warmup, "anchor": self.anchor}
 
     def rows(self, problems) -> list[dict]:
@@ -240,7 +242,7 @@ class E1(Recipe):
         The base has never seen an effort text (with one in front the embedded model falls from
         100% to 5–15% greedy accuracy) and a LoRA that only copies the base's completions never
         reads it. So, through vLLM on the base: the greedy completion of every training prompt
-        (T(x) where `reference_quantile` is None), then `warm_samples` temperature-1 samples of
+        (T(x) where `reference_quantile` is None; else only of the warm-up prompts), then `warm_samples` temperature-1 samples of
         `warm_prompts` prompts (T(x) of these: the quantile of their correct lengths; GRPO and the
         anchor use only these prompts). Each prompt is written with every effort of the grid that one of
         its correct samples fits (`relabel`), the bins balanced, and the LoRA is trained on them
@@ -248,9 +250,9 @@ class E1(Recipe):
         (`decision_weights`: close the thinking here, or go on). GRPO then starts from a model that
         reads the effort text."""
         quick = self.cfg.quick
-        greedy = self._complete(problems, 0.0, 1)
-        self.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in greedy}
         warm = problems[: 4 if quick else self.warm_prompts]
+        greedy = self._complete(problems if self.reference_quantile is None else warm, 0.0, 1)  # sampled T(x): warm only
+        self.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in greedy}
         ids = {p.id for p in warm}
         rows = [g for g in greedy if g[0] in ids] + self._complete(warm, 1.0, 2 if quick else self.warm_samples)
         if self.reference_quantile is not None:
@@ -273,7 +275,7 @@ class E1(Recipe):
         per = max((len(v) for v in bins.values()), default=0)
         pairs = [x for v in bins.values() for x in v + rng.choices(v, k=per - len(v))]
         log("e1 warm-up: examples per effort " + ", ".join(f"{e:g}:{len(bins[e])}" for e in sorted(bins)))
-        probe = problems[: min(64, len(problems))]
+        probe = warm[:64]  # T(x) is known on these
 
         def measure() -> dict:  # greedy (HF) on the probe prompts at efforts 0.25 and 1.0
             out = {}
