@@ -30,8 +30,11 @@ History (500 held-out prompts, greedy, vLLM; "easy" = the easiest third, 2–6 d
   100% correct when it does on easy ones): DLER 92.8% (hard 80.6%, a late accuracy dip at
   seed 0), 34.3 tokens, easy 14.0; this recipe 99.8%, 34.7, easy 12.0 — every easy prompt
   terse. Same base, same seed, same steps. Seed 1: DLER 99.8%, 35.3, easy 14.2; this recipe
-  97.2% (hard 92.8%, a late dip), 34.8, easy 12.3. The easy-third gap holds at both seeds; the
-  late dips on hard prompts (lr constant to the last step) are open.
+  97.2% (hard 92.8%, a late dip), 34.8, easy 12.3. The easy-third gap holds at both seeds.
+- The late dips on hard prompts came with the lr held constant to the last step; decayed
+  linearly to 0 (`--lr-schedule linear`, what `make adapters` runs) seed 0 gives DLER 100.0%,
+  34.9, easy 12.7 and this recipe 100.0%, 34.7, easy 12.0 (the shipped pair: 5% fewer tokens on
+  the easy third at equal accuracy).
 """
 
 from __future__ import annotations

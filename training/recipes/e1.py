@@ -37,14 +37,16 @@ Departures:
   much for a short path as for a full one, so nothing keeps effort 1.0 near full length. T(x) is
   not updated from rollouts at lower efforts (that would chase its own shrinking tail).
 - An anchor after GRPO (`E1.polish`, 4 minutes kept out of the cap for it): 40 supervised steps
-  at lr 2e-4 on the base's greedy completions of 512 training prompts under the control 0.95 or
-  1.0, mixed with the trained adapter's own correct greedy completions of the same prompts at a
-  control drawn up to 0.85, and its own greedy completions at control 0.2 whose length ratio is
-  ≤ 0.4, written under 0.2, 0.25 or 0.3. GRPO is what makes length track effort and what costs
-  accuracy at full effort (a third re-check pass, a step past the last digit); the anchor pulls
-  full effort back onto the base's path. Without the replay, every control from 0.40 up realised
-  ≥ 0.98 of full length (effort 0.75 lost its middle path); without the control-0.2 half, the
-  full-length examples leaked into the lowest controls (effort 0.25 realised 0.39 of full).
+  at lr 2e-4 on the base's greedy completions of 384 training prompts (those at least 0.9 of
+  T(x): not a greedy short path) under the control 0.95 or 1.0, mixed with the trained adapter's
+  own correct greedy completions of the same prompts at a control drawn up to 0.85, and its own
+  greedy completions at control 0.2 whose length ratio is ≤ 0.3, written under 0.2 or 0.25
+  (≤ 0.4 under 0.2–0.3 realised 0.354 at effort 0.25; ≤ 0.3 under 0.2 / 0.25: 0.350). GRPO is
+  what makes length track effort and what costs accuracy at full effort (a third re-check pass,
+  a step past the last digit); the anchor pulls full effort back onto the base's path. Without
+  the replay, every control from 0.40 up realised ≥ 0.98 of full length (effort 0.75 lost its
+  middle path); without the control-0.2 half, the full-length examples leaked into the lowest
+  controls (effort 0.25 realised 0.39 of full).
 - The calibration mixes two trained control values instead of interpolating one (the paper's
   model reads any fraction). This model's length comes in three paths — the plain chain (≈ 0.31
   of full), a partial re-check (0.64–0.79) and the whole re-check — so the realised ratio is a
@@ -53,16 +55,18 @@ Departures:
   in one run and 0.54 in another, effort 0.75 0.97 of full). Each request gets one path; the
   average over prompts is the effort.
 
-Measured on the stage-3 embedded model (branch terse-base; `--minutes 19`, 18.0 min: sampling and
-warm-up ≈ 12.5 min, 22 GRPO steps, the anchor; T(x) the upper quartile, decision weight 20): the
-warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6% accurate) to 0.27 /
-0.74 (94%); calibration realised 0.35–0.40 at controls 0.2–0.35 and 1.03–1.27 above (no middle
-path on dev: the mix of the two serves 0.5 and 0.75); the 500 test prompts give ratios 0.354 /
-0.542 / 0.785 / 1.027 at efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy 99.4 / 99.6 / 99.8 / 100%;
-base 100%) — effort 0.25 is 0.004 above its ±0.1 band: the shortest control realises the plain
-chain (≈ 1/3 of full) on most prompts, the terse chain (≈ 1/4) only on some easy ones. The same
-recipe with 512 warm-up / anchor prompts and no full-length filter on the anchor spent the cap
-on preparation (1 GRPO step, at lr 0): 0.341 / 0.544 / 0.810 / 1.020, accuracy 82.2% at 0.25.
+Measured on the shipped stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
+min: sampling and warm-up ≈ 12 min, 26 GRPO steps, the anchor; T(x) the upper quartile, decision
+weight 20): the warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6%
+accurate) to 0.27 / 0.74 (94%); calibration realised 0.34–0.42 at controls 0.2–0.35 and
+1.04–1.29 above (no middle path on dev: the mix of the two serves 0.5 and 0.75); the 500 test
+prompts give ratios 0.350 / 0.539 / 0.808 / 1.068 at efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy
+97.8 / 98.6 / 99.2 / 100%; base 100%) — effort 0.25 sits on the edge of its ±0.1 band: the
+shortest control realises the plain chain (≈ 1/3 of full) on most prompts, the terse chain
+(≈ 1/4) only on easy ones. The run before it (anchor's short half ≤ 0.4 under 0.2–0.3, 22 GRPO
+steps): 0.354 / 0.542 / 0.785 / 1.027, 99.4–100%. With 512 warm-up / anchor prompts and no
+full-length filter on the anchor the cap went on preparation (1 GRPO step, at lr 0): 0.341 /
+0.544 / 0.810 / 1.020, accuracy 82.2% at 0.25.
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
@@ -223,9 +227,9 @@ class E1(Recipe):
         self.anchor: dict = {}
 
     def hyper(self) -> dict:
-        return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": ("base greedy length" if self.reference_quantile is None else
-                              f"quantile {self.reference_quantile} of the base's correct lengths "
-                              f"(greedy + {self.warm_samples} samples)"),
+        reference = ("base greedy length" if self.reference_quantile is None else
+                     f"quantile {self.reference_quantile} of the base's correct lengths (greedy + {self.warm_samples} samples)")
+        return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": reference,
                 "warmup": self.warmup, "anchor": self.anchor}
 
     def rows(self, problems) -> list[dict]:
@@ -242,10 +246,11 @@ class E1(Recipe):
         The base has never seen an effort text (with one in front the embedded model falls from
         100% to 5–15% greedy accuracy) and a LoRA that only copies the base's completions never
         reads it. So, through vLLM on the base: the greedy completion of every training prompt
-        (T(x) where `reference_quantile` is None; else only of the warm-up prompts), then `warm_samples` temperature-1 samples of
-        `warm_prompts` prompts (T(x) of these: the quantile of their correct lengths; GRPO and the
-        anchor use only these prompts). Each prompt is written with every effort of the grid that one of
-        its correct samples fits (`relabel`), the bins balanced, and the LoRA is trained on them
+        (T(x) where `reference_quantile` is None; else only of the warm-up prompts), then
+        `warm_samples` temperature-1 samples of `warm_prompts` prompts (T(x) of these: the quantile
+        of their correct lengths; GRPO and the anchor use only these prompts). Each prompt is
+        written with every effort of the grid that one of its correct samples fits (`relabel`),
+        the bins balanced, and the LoRA is trained on them
         with the loss weighted `decision_weight`× where a prompt's completions part ways
         (`decision_weights`: close the thinking here, or go on). GRPO then starts from a model that
         reads the effort text."""
