@@ -5,6 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from training.tasks import DigitsTask
+from training.tasks.digits import TERSE_MAX
 
 MODEL = "effort-tiny"
 
@@ -178,11 +179,17 @@ def test_completion_logprobs(client, prompts, model_dir):
     assert [o for x in pieces for o in x.text_offset] == lp.text_offset
 
 
+def _rechecked(prompts, k: int = 0) -> str:
+    """The k-th question longer than the terse style's reach: the base's greedy answer to it
+    re-checks (on shorter ones it may write the terse chain and stop)."""
+    return [p.question for p in prompts if p.difficulty > TERSE_MAX][k]
+
+
 def test_sampling_fields_are_honoured(client, prompts, model_dir):
     tok = AutoTokenizer.from_pretrained(model_dir)
     check = tok.encode(" check", add_special_tokens=False)
     assert len(check) == 1
-    q = prompts[4].question
+    q = _rechecked(prompts)
     plain = ask(client, q)
     assert " check" in plain.choices[0].message.reasoning
     banned = ask(client, q, logit_bias={str(check[0]): -100})  # the base's re-check pass can no longer start
@@ -222,7 +229,7 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
 def test_stop_strings_apply_to_the_answer(client, prompts):
     """A stop string in the thinking does not cost the answer; in the answer it ends the choice
     there (and the engine request: fewer tokens), streamed or not."""
-    q = prompts[6].question
+    q = _rechecked(prompts, 1)
     free = ask(client, q)
     assert " check" in free.choices[0].message.reasoning and free.choices[0].message.content.startswith("\\boxed{")
     kept = ask(client, q, stop=[" check"])
