@@ -278,6 +278,9 @@ def test_auto_on_the_live_server(client, server):
     after = scrape()
     assert after["effort_router_decisions_total"] - before.get("effort_router_decisions_total", 0) == len(e) + len(h)
     assert after["effort_router_length_error_tokens_count"] > before.get("effort_router_length_error_tokens_count", 0)
-    # the same prompt again: its measured length comes from the history
-    _, again = run(easy[0])
+    # the same prompt again: its measured length comes from the history (recorded when its route
+    # ran at full effort; e1 below effort 1 sets its own length and measures no full-effort one)
+    full = [q for q, (_, r) in zip(easy + hard, e + h) if r["predicted"]["route"].endswith("@1")]
+    assert full, [r["predicted"]["route"] for _, r in e + h]
+    _, again = run(full[0])
     assert again["predicted"]["source"] == "history", again
