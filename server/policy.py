@@ -6,11 +6,13 @@ Budget: effort 0 → 0 (answer at once); effort 1 → no effort budget; otherwis
 reasoning length of the model that runs the request — the router's per-prompt prediction (a
 measured length from the online history first, for a prompt seen before) when a router is
 loaded and knows that model, else the model manifest's default. An adapter with an effort
-control (e1: the effort written into its prompt, calibrated) sets its own length, so its
-budget for 0 < effort < 1 is only a backstop at one full-effort path, ``ceil(L̂ × slack)``:
-``effort × L̂ × slack`` cut 24–56% of e1's own calibrated paths (measured on the 500 test
-prompts at efforts 0.25 / 0.5 / 0.75: accuracy 66.8 / 80.4 / 64.6% against 99.4 / 98.0 / 90.8%
-with the control alone). Then, always:
+control (e1: the effort written into its prompt, calibrated) sets its own length, so it gets
+no effort budget for 0 < effort < 1, as at effort 1: ``effort × L̂ × slack`` cut 24–56% of
+e1's own calibrated paths (500 test prompts at efforts 0.25 / 0.5 / 0.75: accuracy 66.8 / 80.4 /
+64.6% against 99.4 / 98.0 / 90.8% with the control alone), and a backstop at one predicted
+full-effort path, ``ceil(L̂ × slack)``, still cut the re-checked paths the stage-3 e1 mixes into
+efforts 0.5 / 0.75 (91.2 / 79.2%, budget hit 12 / 29%; they realise up to 1.3 × full, and e1's
+predicted full length is the router's weakest). Then, always:
 the request's `thinking_token_budget` caps it, and so does `max_tokens` minus the answer
 reserve (plus the two think markers), so reasoning never consumes the whole output limit.
 
@@ -180,10 +182,8 @@ class Policy:
             budget = None
             why.append("full effort: no effort budget")
         elif control is not None:
-            raw = math.ceil(full * self.s.budget_slack)
-            budget = max(self.s.min_budget, raw)
-            why.append(f"{adapter.name} sets its own length from the effort in its prompt; "
-                       f"backstop budget=ceil({full:.1f}x{self.s.budget_slack:g})={raw}")
+            budget = None
+            why.append(f"{adapter.name} sets its own length from the effort in its prompt: no effort budget")
         else:
             raw = math.ceil(value * full * self.s.budget_slack)
             budget = max(self.s.min_budget, raw)

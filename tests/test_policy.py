@@ -51,19 +51,21 @@ def test_decide_effort_and_budget(kw, effort, budget):
 
 
 @pytest.mark.parametrize("kw,budget", [
-    (dict(effort="low"), 120),                                  # backstop ceil(100 x 1.2), not 30
-    (dict(effort=0.75), 120),
-    (dict(effort=0.01), 120),
+    (dict(effort="low"), None),                                 # its own length, not 30
+    (dict(effort=0.75), None),
+    (dict(effort=0.01), None),
     (dict(effort=1.0), None),
     (dict(effort=0), 0),
     (dict(effort="low", thinking_token_budget=50), 50),         # the request's budget still caps
     (dict(effort="low", max_tokens=40), 22),                    # ... and so does the answer reserve
 ])
-def test_adapter_with_effort_control_gets_a_backstop_budget(kw, budget):
-    """e1 reads the effort from its prompt: the effort-scaled budget would cut its own paths."""
+def test_adapter_with_effort_control_gets_no_effort_budget(kw, budget):
+    """e1 reads the effort from its prompt: an effort-scaled budget would cut its own paths; the
+    request's budget, the server's max_budget and the answer reserve still cap it."""
     d = policy().decide(model="e1", **kw)
     assert d.thinking_budget == budget and d.control == "prompt-prefix", d.reason
     assert policy().decide(model="dler", effort="low").thinking_budget == 30  # no control: effort budget
+    assert policy(max_budget=20).decide(model="e1", effort="low").thinking_budget == 20  # the server's cap holds
 
 
 @pytest.mark.parametrize("settings,kw,budget", [
