@@ -5,7 +5,10 @@ Both servers run at once (separate processes and ports). For each scenario (conc
 alternating; the table shows medians over repeats of output tokens/s, p50 / p99 end-to-end
 latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
 ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
-both sides of a ratio and not one side of the medians).
+both sides of a ratio and not one side of the medians). A note under the table adds the
+request-by-request comparison at concurrency 1 (`_paired`): each question to both servers back
+to back, the median of the per-request ratios — the serving overhead with the least of the
+machine's drift in it.
 Requests are greedy chat completions at full effort, each carrying the thinking budget our
 server enforces at full effort anyway (`full_effort_budget`: max_tokens − answer reserve − 2), so
 both servers generate the same tokens, both engines track the same budget, and the difference
@@ -157,6 +160,34 @@ async def _scenario(url: str, questions: list[str], concurrency: int, stream: bo
             "ttft50": statistics.median(r["ttft"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
 
 
+async def _paired(urls: dict[str, str], questions: list[str], stream: bool, max_tokens: int,
+                  budget: int | None = None) -> list[float]:
+    """Concurrency 1, request by request: each question goes to both servers back to back (which
+    one first alternates); the per-request end-to-end ratios ours / vLLM. A pair sees the same
+    spell of the machine, which a block of 32 requests to one server and then the other does not."""
+    import httpx
+
+    ratios = []
+    async with httpx.AsyncClient(timeout=600) as client:
+        for i, q in enumerate(questions):
+            e2e = {}
+            for name in (("vllm", "ours"), ("ours", "vllm"))[i % 2]:
+                e2e[name] = (await _one(client, urls[name], q, stream, max_tokens, budget))["e2e"]
+            ratios.append(e2e["ours"] / e2e["vllm"])
+    return ratios
+
+
+def paired_line(ratios: dict[bool, list[float]]) -> str:
+    """The table's note on the request-by-request ratios (median and interquartile range)."""
+    parts = []
+    for stream, rs in ratios.items():
+        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+        parts.append(f"{'streamed' if stream else 'not streamed'} {q[1]:.3f} (IQR {q[0]:.3f}-{q[2]:.3f}, "
+                     f"{len(rs)} requests)")
+    return ("Request by request at concurrency 1 (each question to both servers back to back, order "
+            "alternating), median of the per-request e2e ratios ours / vLLM: " + "; ".join(parts) + ".")
+
+
 def run_bench(cfg: BenchConfig) -> str:
     from training.tasks import DigitsTask  # prompts only; no training code runs
 
@@ -194,6 +225,8 @@ def run_bench(cfg: BenchConfig) -> str:
                     for name in (("vllm", "ours"), ("ours", "vllm"))[rep % 2]:
                         results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream,
                                                                         cfg.max_tokens, budget)))
+        paired = {stream: asyncio.run(_paired(urls, questions, stream, cfg.max_tokens, budget))
+                  for stream in (False, True)}
     finally:
         for p in procs.values():
             p.terminate()
@@ -202,14 +235,14 @@ def run_bench(cfg: BenchConfig) -> str:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    table = _table(results, ready, cfg.upstream)
+    table = _table(results, ready, cfg.upstream, paired_line(paired))
     print(table)
     if cfg.out:
         Path(cfg.out).write_text(table)
     return table
 
 
-def _table(results, ready, upstream: bool = False) -> str:
+def _table(results, ready, upstream: bool = False, note: str = "") -> str:
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     lines = ["| concurrency | stream | server | output tok/s | p50 e2e (s) | p99 e2e (s) | p50 TTFT (s) |",
              "|---:|---|---|---:|---:|---:|---:|"]
@@ -228,5 +261,7 @@ def _table(results, ready, upstream: bool = False) -> str:
     if upstream:
         lines.append("Gateway mode: `vllm` = vLLM's server called directly, `ours` = the same server through "
                      "`effort serve --upstream`.")
+    if note:
+        lines.append(note)
     lines.append(f"Start-up to ready: vLLM {ready['vllm']:.1f} s, ours {ready['ours']:.1f} s.")
     return "\n".join(lines) + "\n"

@@ -43,3 +43,14 @@ def test_bench_budget_is_what_our_policy_enforces_at_full_effort(max_tokens):
 
     d = Policy(ServerSettings(), {}, "tiny", full_effort_tokens=100).decide(model=None, effort=1.0, max_tokens=max_tokens)
     assert full_effort_budget(max_tokens) == d.thinking_budget
+
+
+def test_paired_line_reports_the_median_per_request_ratio_and_its_spread():
+    from server.bench import paired_line
+
+    line = paired_line({False: [0.9, 1.0, 1.02, 1.1, 1.2], True: [0.97]})
+    assert "not streamed 1.020 (IQR 0.950-1.150, 5 requests)" in line
+    assert "streamed 0.970 (IQR 0.970-0.970, 1 requests)" in line
+    table = _table({(1, False): {"vllm": [run(100, 1.0)], "ours": [run(100, 1.0)]}}, {"vllm": 1.0, "ours": 1.0},
+                   note=line)
+    assert line in table.splitlines()
