@@ -7,7 +7,8 @@ during the first one. On CPUs whose bf16 matmuls go through oneDNN (AVX-512 BF16
 primitive cache (up to 1,024 kernels, one per shape) and the allocator grew the engine core by
 +419 MB over the first 2,000 requests, then +82 / +62 / +34 MB over the next three (a plateau;
 with ONEDNN_PRIMITIVE_CACHE_CAPACITY=64: +146 / +60 / +8 / 0 / +32 / 0), where a 200-request
-warm-up had been enough on CPUs without it. A leak grows with every load; a cache does not."""
+warm-up had been enough on the machines of earlier CI runs. A leak grows with every load; a
+cache does not."""
 
 import asyncio
 import json
