@@ -439,22 +439,30 @@ class E1(Recipe):
         adapter = Adapter(m.name, adapter_dir.resolve(), m, lora_id=11)
         dev = task.problems("dev", min(100, self.cfg.eval_n), 0)
         base_dev = self._full_lengths(evaluator, dev)
-        realised = {}
-        for c in CALIBRATION_POINTS:
-            rows = evaluator.generate(dev, task, adapter, [None] * len(dev), effort=c)
-            realised[c] = _mean_ratio(rows, base_dev)
+        realised = {c: _mean_ratio(rows, base_dev)
+                    for c, rows in _at_efforts(evaluator, dev, task, adapter, CALIBRATION_POINTS).items()}
         m.control = Control.model_validate({**CONTROL.model_dump(), "calibration": calibration_points(realised), "mix": True})
         m.write(adapter_dir)
         adapter = Adapter(m.name, adapter_dir.resolve(), m, lora_id=12)
         test = task.problems("test", self.cfg.eval_n, 0)
         base_test = self._full_lengths(evaluator, test)
         efforts = {}
-        for e in REPORT_EFFORTS:
-            rows = evaluator.generate(test, task, adapter, [None] * len(test), effort=e)
+        for e, rows in _at_efforts(evaluator, test, task, adapter, REPORT_EFFORTS).items():
             efforts[str(e)] = {"accuracy": sum(r["correct"] for r in rows) / len(rows),
                                "mean_reasoning": sum(r["reasoning_tokens"] for r in rows) / len(rows),
                                "realised_ratio": _mean_ratio(rows, base_test)}
         return {"calibration_realised": {str(k): round(v, 4) for k, v in realised.items()}, "efforts": efforts}
+
+
+def _at_efforts(evaluator, problems, task, adapter, efforts) -> dict[float, list[dict]]:
+    """Greedy rows of `problems` at each effort, from one engine call (every effort's prompts in
+    one batch keeps vLLM's batch full where one call per effort waits on each call's longest
+    completions: the 17-control calibration on 100 prompts took 46 s instead of 73)."""
+    efforts = list(efforts)
+    n = len(problems)
+    rows = evaluator.generate(list(problems) * len(efforts), task, adapter, [None] * (n * len(efforts)),
+                              effort=[e for e in efforts for _ in range(n)])
+    return {e: rows[i * n:(i + 1) * n] for i, e in enumerate(efforts)}
 
 
 def reference_lengths(rows, quantile: float) -> dict[str, float]:
