@@ -6,7 +6,7 @@ alternating; the table shows medians over repeats of output tokens/s, p50 / p99 
 latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
 ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
 both sides of a ratio and not one side of the medians). A note under the table adds the
-request-by-request comparison at concurrency 1 (`_paired`): each question to both servers back
+request-by-request comparison at concurrency 1 (`_paired`, when 1 is among the levels): each question to both servers back
 to back, the median of the per-request ratios — the serving overhead with the least of the
 machine's drift in it.
 Requests are greedy chat completions at full effort, each carrying the thinking budget our
@@ -160,6 +160,11 @@ async def _scenario(url: str, questions: list[str], concurrency: int, stream: bo
             "ttft50": statistics.median(r["ttft"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
 
 
+def _order(i: int) -> tuple[str, str]:
+    """Which server goes first in the i-th pair: alternating, so neither always follows the other."""
+    return ("vllm", "ours") if i % 2 == 0 else ("ours", "vllm")
+
+
 async def _paired(urls: dict[str, str], questions: list[str], stream: bool, max_tokens: int,
                   budget: int | None = None) -> list[float]:
     """Concurrency 1, request by request: each question goes to both servers back to back (which
@@ -171,7 +176,7 @@ async def _paired(urls: dict[str, str], questions: list[str], stream: bool, max_
     async with httpx.AsyncClient(timeout=600) as client:
         for i, q in enumerate(questions):
             e2e = {}
-            for name in (("vllm", "ours"), ("ours", "vllm"))[i % 2]:
+            for name in _order(i):
                 e2e[name] = (await _one(client, urls[name], q, stream, max_tokens, budget))["e2e"]
             ratios.append(e2e["ours"] / e2e["vllm"])
     return ratios
@@ -222,11 +227,11 @@ def run_bench(cfg: BenchConfig) -> str:
                 key = (conc, stream)
                 results[key] = {"vllm": [], "ours": []}
                 for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
-                    for name in (("vllm", "ours"), ("ours", "vllm"))[rep % 2]:
+                    for name in _order(rep):
                         results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream,
                                                                         cfg.max_tokens, budget)))
         paired = {stream: asyncio.run(_paired(urls, questions, stream, cfg.max_tokens, budget))
-                  for stream in (False, True)}
+                  for stream in (False, True)} if 1 in cfg.levels else {}
     finally:
         for p in procs.values():
             p.terminate()
@@ -235,7 +240,7 @@ def run_bench(cfg: BenchConfig) -> str:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    table = _table(results, ready, cfg.upstream, paired_line(paired))
+    table = _table(results, ready, cfg.upstream, paired_line(paired) if paired else "")
     print(table)
     if cfg.out:
         Path(cfg.out).write_text(table)

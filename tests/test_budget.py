@@ -51,12 +51,11 @@ def test_lora_adapter_runs_in_vllm(evaluator, task, adapter_dir):
 def test_e1_efforts_in_one_engine_call(evaluator, task, hard):
     """E1.finish measures every effort in one batch: each effort's rows come back with its own
     problems in order, and the shipped e1 reads the effort written into its prompts."""
-    from pathlib import Path
-
+    from server.engine import default_adapter_dir
     from server.registry import scan
     from training.recipes.e1 import _at_efforts
 
-    e1 = scan([str(Path(__file__).resolve().parent.parent / "adapters")])["e1"]
+    e1 = scan([default_adapter_dir()])["e1"]
     by = _at_efforts(evaluator, hard, task, e1, [0.25, 1.0])
     assert list(by) == [0.25, 1.0]
     for rows in by.values():
