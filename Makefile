@@ -45,7 +45,7 @@ report: setup
 adapters: setup
 	.venv/bin/effort train dler --force --lr-schedule linear
 	.venv/bin/effort train dler-da --force --lr-schedule linear
-	.venv/bin/effort train e1 --force --max-steps 240 --minutes 19
+	.venv/bin/effort train e1 --force --max-steps 26 --minutes 19
 	.venv/bin/effort merge --adapter dler --force
 	$(MAKE) adapters-report
 

@@ -89,6 +89,18 @@ def test_calibration_points_start_at_the_shortest_path_and_keep_each_rise():
     assert calibration_points({0.2: 0.34, 0.3: 0.31, 0.4: 0.64, 1.0: 0.95}) == [[0.31, 0.3], [0.64, 0.4], [0.95, 1.0]]
 
 
+def test_calibration_points_leave_out_a_full_length_control_less_accurate_than_one_of_about_the_same_length():
+    realised = {0.2: 0.35, 0.35: 0.36, 0.4: 1.035, 0.45: 1.041, 0.5: 1.125}
+    accuracy = {0.2: 0.94, 0.35: 0.98, 0.4: 0.97, 0.45: 1.0, 0.5: 0.99}
+    assert calibration_points(realised) == [[0.35, 0.2], [1.035, 0.4], [1.125, 0.5]]
+    # 0.40 is out (0.45: same length, 3 points better); below full length nothing is filtered (0.2 stays)
+    assert calibration_points(realised, accuracy) == [[0.35, 0.2], [1.041, 0.45], [1.125, 0.5]]
+    # less than `worse` apart: both stay
+    assert calibration_points(realised, {**accuracy, 0.4: 0.99}) == [[0.35, 0.2], [1.035, 0.4], [1.125, 0.5]]
+    # a more accurate control of another length does not push one out
+    assert calibration_points({0.6: 0.9, 1.0: 1.2}, {0.6: 0.9, 1.0: 1.0}) == [[0.9, 0.6], [1.2, 1.0]]
+
+
 def test_relabel_picks_per_prompt_and_effort_the_nearest_fitting_sample():
     plain, mid, full = [1, 2, 9], [1, 2, 3, 4, 9], [1, 2, 3, 4, 5, 6, 9]
     got = relabel({"p": [(0.3, plain), (0.62, mid), (1.0, full)], "q": [(1.0, full)], "empty": []},
