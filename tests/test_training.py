@@ -313,6 +313,18 @@ def test_kill_and_resume_loses_at_most_one_save_interval(tmp_path, model_dir):
     assert sorted({x["step"] for x in roll}) == list(range(6))
     assert len(roll) == 6 * 2 * 4
 
+    # resumed again once all its steps are done (as after a crash in the evaluation): no step more
+    import torch
+    from safetensors.torch import load_file
+
+    before = load_file(str(out / "adapter_model.safetensors"))
+    r = _effort(*args, "--resume", "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "is at --max-steps 6" in r.stdout + r.stderr
+    assert [json.loads(x)["step"] for x in (out / "training_log.jsonl").read_text().splitlines()][-1] == 6
+    after = load_file(str(out / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
 
 @pytest.mark.parametrize("args,msg", [
     (["train", "nope"], "invalid choice"),

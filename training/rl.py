@@ -558,10 +558,20 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
                                callbacks=_callbacks(recipe, run_dir, cfg, t_start, prior_wall, title))
     trainer.recipe = recipe
     trainer.dynamic_sampling = not cfg.no_dynamic_sampling
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if ckpt is not None and step >= cfg.max_steps:
+        # the run had taken all its steps (it stopped after them: in the polish or the evaluation);
+        # the trainer, resumed there, would take one step more before it checks max_steps
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        log(f"{ckpt.name} is at --max-steps {cfg.max_steps}: no more steps")
+        steps = step
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        steps = trainer.state.global_step
     recipe.polish(problems, log)
     wall = prior_wall + time.time() - t_start
-    steps = trainer.state.global_step
 
     # -- the adapter, staged in a hidden sibling folder, then renamed into place -------------
     with staged_folder(out) as stage:
