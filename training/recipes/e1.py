@@ -79,7 +79,12 @@ ratios 0.350 / 0.510 / 0.777 / 1.030, accuracy 93.6 / 95.8 / 98.2 / 100% with th
 calibration; the length-only one served effort 1 with control 0.40 (97.2%). With no step limit
 the 19-minute cap held 153 GRPO steps there, and every control that realises full length ended
 at 97.6–98.2% (hard prompts 96.7% at each; the shortest path 99.4–100%): so `make adapters` fixes
-the step count.
+the step count. At seed 1 the recipe does not track (same machine): warm-up 0.48 / 0.76 (89%),
+then only 60 of 384 of the adapter's greedy completions at control 0.2 short enough (≤ 0.3) for
+the anchor's shortest-path half (seed 0: 282), and the lowest controls realised 0.64 of full after
+the anchor (ratios 0.69 / 0.69 / 0.80 / 0.97, 98.0% at 1); 80 GRPO steps: 0.54 / 0.54 / 0.81 /
+1.00 (97.2%); 80 steps with that half drawn again up to 256 examples: 0.59 at control 0.2 on dev
+(not kept).
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
