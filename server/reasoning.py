@@ -123,15 +123,28 @@ class StopWatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.held = ""
+        self.past = 0  # after a hit: characters of the fed text after the end of the stop string
 
     def feed(self, text: str, final: bool = False) -> tuple[str, bool]:
         text, self.held = self.held + text, ""
-        at = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        at = [(i, i + len(s)) for i, s in ((text.find(s), s) for s in self.stops) if i >= 0]
         if at:
-            return text[:min(at)], True
+            start, end = min(at)
+            self.past = len(text) - end
+            return text[:start], True
         keep = 0 if final else max((_partial_suffix(text, s) for s in self.stops), default=0)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False
+
+
+def tokens_past(tokenizer, ids, chars: int) -> int:
+    """How many of the last `ids` make up no more than the last `chars` characters of their text:
+    the tokens an engine piece carried past a stop string's end (a piece holds several tokens when
+    the engine runs ahead of the stream). They are left out of the count, as vLLM leaves them out."""
+    n = 0
+    while n < len(ids) and len(tokenizer.decode(list(ids[len(ids) - n - 1:]), skip_special_tokens=True)) <= chars:
+        n += 1
+    return n
 
 
 def _partial_suffix(text: str, marker: str) -> int:

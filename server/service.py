@@ -28,7 +28,7 @@ from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatComp
                        ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
                        CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
                        ResponseMessage, SAMPLING_EXTRAS, Usage)
-from .reasoning import Markers, StopWatcher, StreamSplitter, split_ids
+from .reasoning import Markers, StopWatcher, StreamSplitter, split_ids, tokens_past
 from .registry import Adapter, scan
 from .router import BASE, History, Router, RouterError
 
@@ -565,6 +565,12 @@ class Service:
                             lp = (lp[0] + lr, lp[1] + la)
                     if watchers:
                         a, hit = watchers[o.index].feed(a, final=bool(finish))
+                        if hit:  # what the piece carried past the stop string is not counted
+                            n = tokens_past(self.tokenizer, o.token_ids, watchers[o.index].past)
+                            if n:
+                                del c.ids[len(c.ids) - n:]
+                                if lp is not None:
+                                    lp = (lp[0], lp[1][:max(0, len(lp[1]) - n)])
                         finish = "stop" if hit else finish
                     if finish:
                         c.finish_reason = finish

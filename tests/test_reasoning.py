@@ -94,6 +94,7 @@ def test_stop_watcher_any_chunking(stops):
     text = "\\boxed{1} and {1} more"
     at = [i for i in (text.find(s) for s in stops) if i >= 0]
     expected = (text[:min(at)], True) if at else (text, False)
+    end = min((i, i + len(s)) for i, s in ((text.find(s), s) for s in stops) if i >= 0)[1] if at else None
     rng = random.Random(2)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, 8)))
@@ -103,5 +104,22 @@ def test_stop_watcher_any_chunking(stops):
             piece, hit = w.feed(part, final=n == len(parts) - 1)
             out += piece
             if hit:
+                # what the engine sent past the stop string's end (its tokens are not counted)
+                assert w.past == len("".join(parts[:n + 1])) - end, parts
                 break
         assert (out, hit) == expected, parts
+
+
+def test_tokens_past_a_stop_string(model_dir):
+    """The tokens a piece carried after a stop string's end: only those whose text lies wholly past it."""
+    from transformers import AutoTokenizer
+
+    from server.reasoning import tokens_past
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.encode("\\boxed{16}", add_special_tokens=False) + [tok.eos_token_id]
+    tail = tok.encode("16}", add_special_tokens=False)
+    assert tokens_past(tok, ids, 3) == len(tail) + 1  # "16}" and the end of sequence
+    assert tokens_past(tok, ids, 0) == 1  # the end of sequence has no text
+    assert tokens_past(tok, ids, 100) == len(ids)
+    assert tokens_past(tok, [], 5) == 0

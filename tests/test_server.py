@@ -226,9 +226,10 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == choice.choices[0].message.content
 
 
-def test_stop_strings_apply_to_the_answer(client, prompts):
+def test_stop_strings_apply_to_the_answer(client, prompts, model_dir):
     """A stop string in the thinking does not cost the answer; in the answer it ends the choice
-    there (and the engine request: fewer tokens), streamed or not."""
+    there (and the engine request: fewer tokens), streamed or not; usage counts the tokens up to
+    the one that completes the stop string, however far the engine ran ahead of the stream."""
     q = _rechecked(prompts, 1)
     free = ask(client, q)
     assert " check" in free.choices[0].message.reasoning and free.choices[0].message.content.startswith("\\boxed{")
@@ -240,7 +241,11 @@ def test_stop_strings_apply_to_the_answer(client, prompts):
     assert cut.usage.completion_tokens < free.usage.completion_tokens
     chunks = list(ask(client, q, stop="{", stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "\\boxed"
-    assert chunks[-1].usage.completion_tokens == cut.usage.completion_tokens
+    # <think> + reasoning + </think> + the answer's tokens through the stop string's "{"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    want = reasoning_tokens(cut) + 2 + len(tok.encode("\\boxed{", add_special_tokens=False))
+    assert cut.usage.completion_tokens == want
+    assert chunks[-1].usage.completion_tokens == want
 
 
 DOCUMENTED = ["effort_requests_total", "effort_e2e_request_latency_seconds", "effort_time_to_first_token_seconds",
