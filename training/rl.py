@@ -486,7 +486,8 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
 
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
 
@@ -526,9 +527,6 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
         log(f"resuming from {ckpt} (step {step}, {prior_wall / 60:.1f} min trained before)")
         start = run_dir / "start-adapter" / "adapter_model.safetensors"
         if start.is_file():  # the KL reference is a copy of the adapter as GRPO first saw it (e1's warm-up)
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
             set_peft_model_state_dict(model, load_file(str(start)))
     else:
         log(f"{recipe_cls.kind}: {len(problems)} prompts, {cfg.prompts_per_step}x{cfg.generations} rollouts/step, "
@@ -561,9 +559,6 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     if ckpt is not None and step >= cfg.max_steps:
         # the run had taken all its steps (it stopped after them: in the polish or the evaluation);
         # the trainer, resumed there, would take one step more before it checks max_steps
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
         log(f"{ckpt.name} is at --max-steps {cfg.max_steps}: no more steps")
         steps = step
