@@ -84,7 +84,8 @@ then only 60 of 384 of the adapter's greedy completions at control 0.2 short eno
 the anchor's shortest-path half (seed 0: 282), and the lowest controls realised 0.64 of full after
 the anchor (ratios 0.69 / 0.69 / 0.80 / 0.97, 98.0% at 1); 80 GRPO steps: 0.54 / 0.54 / 0.81 /
 1.00 (97.2%); 80 steps with that half drawn again up to 256 examples: 0.59 at control 0.2 on dev
-(not kept).
+(not kept). Seed 2: warm-up 0.65 / 0.86 (92%), ratios 0.88 / 0.88 / 0.88 / 1.00 (99.8%) — the
+warm-up's ratio at effort 0.25 decides the run (0.27–0.34 at seed 0).
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
