@@ -19,6 +19,14 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    """The embedded model's tokenizer, loaded once."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="session")
 def evaluator(model_dir):
     """The evaluator's offline vLLM engine (same settings as serving), started once."""
     from training.evaluate import Evaluator

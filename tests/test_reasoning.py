@@ -110,13 +110,11 @@ def test_stop_watcher_any_chunking(stops):
         assert (out, hit) == expected, parts
 
 
-def test_tokens_past_a_stop_string(model_dir):
+def test_tokens_past_a_stop_string(tokenizer):
     """The tokens a piece carried after a stop string's end: only those whose text lies wholly past it."""
-    from transformers import AutoTokenizer
-
     from server.reasoning import tokens_past
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = tokenizer
     ids = tok.encode("\\boxed{16}", add_special_tokens=False) + [tok.eos_token_id]
     tail = tok.encode("16}", add_special_tokens=False)
     assert tokens_past(tok, ids, 3) == len(tail) + 1  # "16}" and the end of sequence

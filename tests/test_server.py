@@ -2,7 +2,6 @@
 
 import httpx
 import pytest
-from transformers import AutoTokenizer
 
 from training.tasks import DigitsTask
 from training.tasks.digits import TERSE_MAX
@@ -72,20 +71,19 @@ def test_small_max_tokens_still_answers(client, prompts):
     assert r.model_extra["effort"]["budget_hit"]
 
 
-def test_usage_matches_returned_texts(client, prompts, model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
+def test_usage_matches_returned_texts(client, prompts, tokenizer):
     for p in prompts[:5]:
         r = ask(client, p.question, effort="medium")
         m = r.choices[0].message
-        n_reason = len(tok.encode(m.reasoning, add_special_tokens=False))
-        n_answer = len(tok.encode(m.content, add_special_tokens=False))
+        n_reason = len(tokenizer.encode(m.reasoning, add_special_tokens=False))
+        n_answer = len(tokenizer.encode(m.content, add_special_tokens=False))
         assert reasoning_tokens(r) == n_reason
         assert m.model_extra["reasoning_content"] == m.reasoning
         # completion = <think> + reasoning + </think> + answer + end-of-sequence
         assert r.usage.completion_tokens == n_reason + n_answer + 3
-        prompt = tok.apply_chat_template([{"role": "user", "content": p.question}], add_generation_prompt=True,
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": p.question}], add_generation_prompt=True,
                                          tokenize=False)
-        assert r.usage.prompt_tokens == len(tok.encode(prompt, add_special_tokens=False))
+        assert r.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
@@ -113,19 +111,17 @@ def test_stream_equals_non_stream(client, prompts):
             assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
 
 
-def test_n_choices_and_sampling(client, prompts, model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
+def test_n_choices_and_sampling(client, prompts, tokenizer):
     r = ask(client, prompts[0].question, n=3, temperature=1.0, seed=5)
     assert len(r.choices) == 3 and {c.index for c in r.choices} == {0, 1, 2}
-    per_choice = [len(tok.encode(c.message.reasoning or "", add_special_tokens=False)) for c in r.choices]
+    per_choice = [len(tokenizer.encode(c.message.reasoning or "", add_special_tokens=False)) for c in r.choices]
     assert reasoning_tokens(r) == sum(per_choice)  # usage sums over the choices
     again = ask(client, prompts[0].question, n=3, temperature=1.0, seed=5)
     assert [c.message.reasoning for c in again.choices] == [c.message.reasoning for c in r.choices]
 
 
-def test_completions_endpoint(client, prompts, model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    prompt = tok.apply_chat_template([{"role": "user", "content": prompts[0].question}], add_generation_prompt=True,
+def test_completions_endpoint(client, prompts, tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts[0].question}], add_generation_prompt=True,
                                       tokenize=False)
     r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200,
                                   extra_body={"thinking_token_budget": 4})
@@ -163,9 +159,8 @@ def test_chat_logprobs_split_like_the_texts(client, prompts):
     assert len(budget.choices[0].logprobs.model_extra["reasoning"]) == reasoning_tokens(budget) <= 4
 
 
-def test_completion_logprobs(client, prompts, model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    prompt = tok.apply_chat_template([{"role": "user", "content": prompts[3].question}], add_generation_prompt=True,
+def test_completion_logprobs(client, prompts, tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts[3].question}], add_generation_prompt=True,
                                       tokenize=False)
     r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2)
     lp, text = r.choices[0].logprobs, r.choices[0].text
@@ -185,9 +180,8 @@ def _rechecked(prompts, k: int = 0) -> str:
     return [p.question for p in prompts if p.difficulty > TERSE_MAX][k]
 
 
-def test_sampling_fields_are_honoured(client, prompts, model_dir):
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    check = tok.encode(" check", add_special_tokens=False)
+def test_sampling_fields_are_honoured(client, prompts, tokenizer):
+    check = tokenizer.encode(" check", add_special_tokens=False)
     assert len(check) == 1
     q = _rechecked(prompts)
     plain = ask(client, q)
@@ -226,7 +220,7 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == choice.choices[0].message.content
 
 
-def test_stop_strings_apply_to_the_answer(client, prompts, model_dir):
+def test_stop_strings_apply_to_the_answer(client, prompts, tokenizer):
     """A stop string in the thinking does not cost the answer; in the answer it ends the choice
     there (and the engine request: fewer tokens), streamed or not; usage counts the tokens up to
     the one that completes the stop string, however far the engine ran ahead of the stream."""
@@ -242,8 +236,7 @@ def test_stop_strings_apply_to_the_answer(client, prompts, model_dir):
     chunks = list(ask(client, q, stop="{", stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "\\boxed"
     # <think> + reasoning + </think> + the answer's tokens through the stop string's "{"
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    want = reasoning_tokens(cut) + 2 + len(tok.encode("\\boxed{", add_special_tokens=False))
+    want = reasoning_tokens(cut) + 2 + len(tokenizer.encode("\\boxed{", add_special_tokens=False))
     assert cut.usage.completion_tokens == want
     assert chunks[-1].usage.completion_tokens == want
 
