@@ -153,6 +153,15 @@ def test_sft_loss_is_the_weighted_mean_of_completion_token_losses(model_dir):
     assert ctx.sft([(prompt, completion)], steps=1, lr=0.0) == pytest.approx(per_token.mean().item(), rel=1e-4)
     want = (per_token * torch.tensor(w)).sum().item() / sum(w)
     assert ctx.sft([(prompt, completion, w)], steps=1, lr=0.0) == pytest.approx(want, rel=1e-4)
+    # `done` is asked after step check_from, then every check_every steps; True stops the training
+    asked = []
+    ctx.sft([(prompt, completion)], steps=9, lr=0.0, done=lambda n: asked.append(n) or n == 6, check_from=4,
+            check_every=2)
+    assert asked == [4, 6]
+    asked.clear()
+    ctx.sft([(prompt, completion)], steps=9, lr=0.0, done=lambda n: asked.append(n) and False, check_from=4,
+            check_every=2)
+    assert asked == [4, 6, 8]  # never at the last step: the training ends there anyway
 
 
 def test_control_applies_calibration():

@@ -289,10 +289,13 @@ class Context:
         return out
 
     def sft(self, pairs: list[tuple], steps: int, lr: float = 1e-3, batch: int = 32, seed: int = 0,
-            log=print) -> float:
+            log=print, done=None, check_from: int = 0, check_every: int = 50) -> float:
         """Supervised steps on the trainable (LoRA) parameters: (prompt text, completion ids[,
         per-token weights]) → loss on the completion only, the weighted mean of the token losses
-        (weights default to 1). Returns the last loss."""
+        (weights default to 1). Returns the last loss.
+
+        `done(step)`, when given, is asked after step `check_from` and every `check_every` steps
+        after it; training stops early when it returns True (`steps` is then the most taken)."""
         import torch
 
         from training.base_model import _pad
@@ -326,6 +329,10 @@ class Context:
             opt.step()
             if (step + 1) % 20 == 0:
                 log(f"warm-up step {step + 1}/{steps}: loss {loss.item():.4f}")
+            n = step + 1
+            if done is not None and n >= check_from and (n - check_from) % check_every == 0 and n < steps:
+                if done(n):
+                    break
         return float(loss.item())
 
 

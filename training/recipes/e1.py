@@ -36,7 +36,16 @@ Departures:
   where one prompt's completions part ways (close the thinking here, or go on). A model that has
   never seen an effort text is derailed by one (the embedded model: 100% → 14% greedy accuracy),
   and without the weighting the LoRA copies the samples without reading the text (below). The
-  KL reference is the warmed-up adapter.
+  KL reference is the warmed-up adapter. The model learns to read the text suddenly, and when
+  depends on the seed (greedy probe of 64 prompts, ratio at effort 0.25 / 1.0: seed 0 0.34 /
+  0.90 at step 300; seed 1 0.48 / 0.76 at 300, 0.35 / 1.01 at 350, 0.29 / 0.97 at 400; seed 2
+  0.65 / 0.86 at 300, 0.44 / 1.38 at 350), so the warm-up goes on past 300 steps, 50 at a time
+  up to 600, until the probe's ratio at 1.0 is 0.5 above the one at 0.25 with ≥ 75% accuracy
+  at 1.0 (`warmup_gap`, `warmup_accuracy`). A fixed 300 steps tracked at seed 0 only (below);
+  with the gate: seed 1 (400 steps) 0.356 / 0.503 / 0.781 / 1.071 at 99.6 / 98.6 / 98.2 /
+  98.6%, seed 2 (350) 0.381 / 0.481 / 0.753 / 0.972 at 92.0 / 97.6 / 98.0 / 97.8%; seed 0
+  stops at 300 as before. The gap alone stopped seed 1 at 350 (73% at 1.0 on the probe): 0.471
+  / 0.525 / 0.746 / 0.990, 96.8% at 1.
 - The paper rewards any correct answer with ℓ ≤ r × T(x). Here the reward is two-sided,
   1 − |ℓ/T(x) − r| / band (band 0.3, floored at 0): with the one-sided rule effort 1.0 earns as
   much for a short path as for a full one, so nothing keeps effort 1.0 near full length. T(x) is
@@ -85,7 +94,10 @@ the anchor's shortest-path half (seed 0: 282), and the lowest controls realised 
 the anchor (ratios 0.69 / 0.69 / 0.80 / 0.97, 98.0% at 1); 80 GRPO steps: 0.54 / 0.54 / 0.81 /
 1.00 (97.2%); 80 steps with that half drawn again up to 256 examples: 0.59 at control 0.2 on dev
 (not kept). Seed 2: warm-up 0.65 / 0.86 (92%), ratios 0.88 / 0.88 / 0.88 / 1.00 (99.8%) — the
-warm-up's ratio at effort 0.25 decides the run (0.27–0.34 at seed 0).
+warm-up's ratio at effort 0.25 decides the run (0.27–0.34 at seed 0). Those two runs had the
+fixed 300-step warm-up; the probe-gated one (above) made both track. Also tried on the gated
+seed-1 and seed-2 runs: the anchor's loss weighted ×5 where one prompt's completions part (as in
+the warm-up): effort 0.25 unchanged (0.445 / 0.38), accuracy at 1 lower (96.4 / 95.8%); not kept.
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
@@ -235,7 +247,11 @@ class E1(Recipe):
     kind = "e1"
     control = CONTROL
     band = 0.3
-    warmup_steps = 300  # decision-weighted LoRA steps before GRPO
+    warmup_steps = 300  # decision-weighted LoRA steps before GRPO, at least …
+    warmup_max_steps = 600  # … and at most: from `warmup_steps` on, every `warmup_check` steps the probe asks …
+    warmup_check = 50
+    warmup_gap = 0.5  # … whether the length ratio at effort 1.0 is this much above the one at 0.25 …
+    warmup_accuracy = 0.75  # … at this greedy accuracy at 1.0 (then GRPO)
     warm_prompts = 384  # prompts sampled for the warm-up (GRPO and the anchor train on these) …
     warm_samples = 16  # … at temperature 1, this many each
     decision_weight = 20.0
@@ -284,8 +300,10 @@ class E1(Recipe):
         written with every effort of the grid that one of its correct samples fits (`relabel`),
         the bins balanced, and the LoRA is trained on them
         with the loss weighted `decision_weight`× where a prompt's completions part ways
-        (`decision_weights`: close the thinking here, or go on). GRPO then starts from a model that
-        reads the effort text."""
+        (`decision_weights`: close the thinking here, or go on) — `warmup_steps`, then on, probed
+        every `warmup_check` steps, until a greedy probe of 64 of the prompts shows the length
+        ratio at effort 1.0 `warmup_gap` above the one at 0.25 with `warmup_accuracy` at 1.0 (at
+        most `warmup_max_steps`). GRPO then starts from a model that reads the effort text."""
         quick = self.cfg.quick
         warm = problems[: 4 if quick else self.warm_prompts]
         greedy = self._complete(problems if self.reference_quantile is None else warm, 0.0, 1)  # sampled T(x): warm only
@@ -323,12 +341,28 @@ class E1(Recipe):
             return out
 
         before = measure()
-        steps = 2 if quick else self.warmup_steps
-        loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log) if pairs else 0.0
-        after = measure()
+        probes: dict[int, dict] = {}
+
+        def gap(m: dict) -> bool:  # the probe's ratio at effort 1.0 at least `warmup_gap` above the one at 0.25
+            return (m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
+                    and m["1.0"]["accuracy"] >= self.warmup_accuracy)
+
+        def reads_effort(step: int) -> bool:
+            probes[step] = m = measure()
+            log(f"e1 warm-up step {step}: effort 0.25 / 1.0 -> length ratio {m['0.25']['ratio']:.2f} / "
+                f"{m['1.0']['ratio']:.2f}")
+            return gap(m)
+
+        steps = 2 if quick else self.warmup_max_steps
+        loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log, done=reads_effort,
+                            check_from=self.warmup_steps, check_every=self.warmup_check) if pairs else 0.0
+        steps = min([k for k, m in probes.items() if gap(m)], default=steps)  # it stopped at the first that passed
+        after = probes.get(steps) or measure()
         self.warmup = {"steps": steps, "prompts": len(warm), "samples_per_prompt": 2 if quick else self.warm_samples,
                        "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)}, "decision_weight": self.decision_weight,
-                       "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after}
+                       "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after,
+                       "gap": self.warmup_gap,
+                       "probes": {str(k): {e: round(v["ratio"], 3) for e, v in m.items()} for k, m in probes.items()}}
         log(f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
             f"{before['0.25']['ratio']:.2f} / {before['1.0']['ratio']:.2f} before, "
             f"{after['0.25']['ratio']:.2f} / {after['1.0']['ratio']:.2f} after; accuracy "
