@@ -343,25 +343,25 @@ class E1(Recipe):
         before = measure()
         probes: dict[int, dict] = {}
 
-        def gap(m: dict) -> bool:  # the probe's ratio at effort 1.0 at least `warmup_gap` above the one at 0.25
+        def reads(m: dict) -> bool:  # the probe's ratio at effort 1.0 `warmup_gap` above 0.25, at `warmup_accuracy`
             return (m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
                     and m["1.0"]["accuracy"] >= self.warmup_accuracy)
 
         def reads_effort(step: int) -> bool:
             probes[step] = m = measure()
             log(f"e1 warm-up step {step}: effort 0.25 / 1.0 -> length ratio {m['0.25']['ratio']:.2f} / "
-                f"{m['1.0']['ratio']:.2f}")
-            return gap(m)
+                f"{m['1.0']['ratio']:.2f}, {100 * m['1.0']['accuracy']:.0f}% at 1.0")
+            return reads(m)
 
         steps = 2 if quick else self.warmup_max_steps
         loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log, done=reads_effort,
                             check_from=self.warmup_steps, check_every=self.warmup_check) if pairs else 0.0
-        steps = min([k for k, m in probes.items() if gap(m)], default=steps)  # it stopped at the first that passed
+        steps = min([k for k, m in probes.items() if reads(m)], default=steps)  # it stopped at the first that passed
         after = probes.get(steps) or measure()
         self.warmup = {"steps": steps, "prompts": len(warm), "samples_per_prompt": 2 if quick else self.warm_samples,
                        "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)}, "decision_weight": self.decision_weight,
                        "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after,
-                       "gap": self.warmup_gap,
+                       "gate": {"gap": self.warmup_gap, "accuracy": self.warmup_accuracy},
                        "probes": {str(k): {e: round(v["ratio"], 3) for e, v in m.items()} for k, m in probes.items()}}
         log(f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
             f"{before['0.25']['ratio']:.2f} / {before['1.0']['ratio']:.2f} before, "
