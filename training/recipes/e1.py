@@ -98,6 +98,10 @@ warm-up's ratio at effort 0.25 decides the run (0.27–0.34 at seed 0). Those tw
 fixed 300-step warm-up; the probe-gated one (above) made both track. Also tried on the gated
 seed-1 and seed-2 runs: the anchor's loss weighted ×5 where one prompt's completions part (as in
 the warm-up): effort 0.25 unchanged (0.445 / 0.38), accuracy at 1 lower (96.4 / 95.8%); not kept.
+The anchor with 80 steps instead of 40 (resumed from each gated seed's GRPO checkpoint): accuracy
+at 1 100 / 99.6 / 99.0% at seeds 0 / 1 / 2 (40 steps: 100 / 98.6 / 97.8%), ratios 0.349 / 0.523 /
+0.802 / 1.018, 0.363 / 0.500 / 0.800 / 1.058, 0.380 / 0.492 / 0.779 / 1.029 — not yet the default
+(`anchor_steps`): the shipped adapter was made with 40.
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
