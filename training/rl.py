@@ -327,9 +327,9 @@ class Context:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if (step + 1) % 20 == 0:
-                log(f"warm-up step {step + 1}/{steps}: loss {loss.item():.4f}")
             n = step + 1
+            if n % 20 == 0:
+                log(f"warm-up step {n}/{steps}: loss {loss.item():.4f}")
             if done is not None and n >= check_from and (n - check_from) % check_every == 0 and n < steps:
                 if done(n):
                     break

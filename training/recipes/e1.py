@@ -346,27 +346,28 @@ class E1(Recipe):
 
         before = measure()
         probes: dict[int, dict] = {}
+        passed: list[int] = []
 
-        def reads(m: dict) -> bool:  # the probe's ratio at effort 1.0 `warmup_gap` above 0.25, at `warmup_accuracy`
-            return (m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
-                    and m["1.0"]["accuracy"] >= self.warmup_accuracy)
-
-        def reads_effort(step: int) -> bool:
+        def reads_effort(step: int) -> bool:  # the probe's ratio at 1.0 `warmup_gap` above 0.25, at `warmup_accuracy`
             probes[step] = m = measure()
             log(f"e1 warm-up step {step}: effort 0.25 / 1.0 -> length ratio {m['0.25']['ratio']:.2f} / "
                 f"{m['1.0']['ratio']:.2f}, {100 * m['1.0']['accuracy']:.0f}% at 1.0")
-            return reads(m)
+            if (m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
+                    and m["1.0"]["accuracy"] >= self.warmup_accuracy):
+                passed.append(step)
+            return bool(passed)
 
         steps = 2 if quick else self.warmup_max_steps
         loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log, done=reads_effort,
                             check_from=self.warmup_steps, check_every=self.warmup_check) if pairs else 0.0
-        steps = min([k for k, m in probes.items() if reads(m)], default=steps)  # it stopped at the first that passed
+        steps = passed[0] if passed else steps  # the step the gate stopped it at, else all of them
         after = probes.get(steps) or measure()
         self.warmup = {"steps": steps, "prompts": len(warm), "samples_per_prompt": 2 if quick else self.warm_samples,
                        "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)}, "decision_weight": self.decision_weight,
                        "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after,
                        "gate": {"gap": self.warmup_gap, "accuracy": self.warmup_accuracy},
-                       "probes": {str(k): {e: round(v["ratio"], 3) for e, v in m.items()} for k, m in probes.items()}}
+                       "probes": {str(k): {e: {q: round(x, 3) for q, x in v.items()} for e, v in m.items()}
+                                  for k, m in probes.items()}}
         log(f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
             f"{before['0.25']['ratio']:.2f} / {before['1.0']['ratio']:.2f} before, "
             f"{after['0.25']['ratio']:.2f} / {after['1.0']['ratio']:.2f} after; accuracy "
