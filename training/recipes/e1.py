@@ -100,8 +100,11 @@ seed-1 and seed-2 runs: the anchor's loss weighted ×5 where one prompt's comple
 the warm-up): effort 0.25 unchanged (0.445 / 0.38), accuracy at 1 lower (96.4 / 95.8%); not kept.
 The anchor with 80 steps instead of 40 (resumed from each gated seed's GRPO checkpoint): accuracy
 at 1 100 / 99.6 / 99.0% at seeds 0 / 1 / 2 (40 steps: 100 / 98.6 / 97.8%), ratios 0.349 / 0.523 /
-0.802 / 1.018, 0.363 / 0.500 / 0.800 / 1.058, 0.380 / 0.492 / 0.779 / 1.029 — not yet the default
-(`anchor_steps`): the shipped adapter was made with 40.
+0.802 / 1.018, 0.363 / 0.500 / 0.800 / 1.058, 0.380 / 0.492 / 0.779 / 1.029 — the default since
+(`anchor_steps`; the shipped adapter was rebuilt with it). Also tried on those checkpoints, not
+kept: the anchor's shortest-path half drawn from the shortest correct of the greedy completion
+and 4 temperature-1 samples at control 0.2 (286 / 242 examples instead of 266 / 235): effort 0.25
+0.353 / 0.380 at seeds 1 / 2 (80-step anchor alone: 0.363 / 0.380), accuracy at 1 99.2 / 98.4%.
 
 Measured on the first stage-2 embedded model (main; T(x) the greedy length, weight 5; `make adapters`; `--minutes 19`, 18.6 min: sampling and
 warm-up ≈ 11 min, 21 GRPO steps, the anchor ≈ 4 min): the warm-up moves the held-out greedy
