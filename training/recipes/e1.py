@@ -69,7 +69,10 @@ Departures:
   in one run and 0.54 in another, effort 0.75 0.97 of full). Each request gets one path; the
   average over prompts is the effort.
 
-Measured on the shipped stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
+The shipped adapter is the seed-0 run of `make adapters`' e1 line with the 80-step anchor on a
+fast machine (8.6 min of training): ratios 0.349 / 0.523 / 0.802 / 1.018 at efforts 0.25 / 0.5 /
+0.75 / 1.0, accuracy 96.4 / 97.4 / 99.2 / 100% (base 100%). Before it (40-step anchor), measured
+on the stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
 min: sampling and warm-up ≈ 12 min, 26 GRPO steps, the anchor; T(x) the upper quartile, decision
 weight 20): the warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6%
 accurate) to 0.27 / 0.74 (94%); calibration realised 0.34–0.42 at controls 0.2–0.35 and
