@@ -23,6 +23,24 @@ def test_no_budget_thinks_to_the_end(evaluator, task, hard):
     assert all("\\boxed{" in r["answer_text"] for r in rows)
 
 
+def test_samples_seeded_per_prompt(evaluator, task, hard):
+    """Temperature-1 samples are seeded per prompt (seed and prompt id): a prompt draws the same
+    samples whatever else is in the batch, and the same question under another id draws its own
+    (one seed on every request gave every prompt the same random numbers)."""
+    import dataclasses
+
+    p = hard[0]
+    twin = dataclasses.replace(p, id=p.id + "-twin")
+    kw = dict(temperature=1.0, samples=4, seed=3)
+    alone = evaluator.generate([p], task, None, [None], **kw)
+    batch = evaluator.generate([*reversed(hard), twin], task, None, [None] * (len(hard) + 1), **kw)
+    mine = [r["reasoning"] for r in batch if r["id"] == p.id]
+    theirs = [r["reasoning"] for r in batch if r["id"] == twin.id]
+    assert [r["reasoning"] for r in alone] == mine
+    assert len(mine) == len(theirs) == 4 and mine != theirs
+    assert len(set(mine)) > 1  # the four samples differ from one another
+
+
 def test_budget_cut_hurts(evaluator, task):
     """On prompts the model solves with full thinking, a cut at 25% of its length loses most."""
     probs = [p for p in task.problems("test", 80, seed=8) if p.difficulty >= 7]
