@@ -153,7 +153,7 @@ class Evaluator:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def generate(self, problems, task, adapter, budgets, temperature=0.0, samples=1, max_tokens=512, seed=0,
-                 effort: float | list[float] = 1.0, keep_ids: bool = False):
+                 effort: float | list[float] = 1.0, keep_ids: bool = False, seed_per_prompt: bool = True):
         """One result dict per (problem, sample). `budgets`: per-problem int or None; `effort`: one
         for all or per problem; `keep_ids`: add the completion's token ids (``token_ids``).
 
@@ -162,7 +162,8 @@ class Evaluator:
         draw independently. With one seed on every request, sample j of each prompt used the same
         random numbers, so a mean over prompts kept the draw's luck: the e1 reference length (the
         upper quartile of 8 samples) moved the same adapter's realised ratio at effort 0.25 from
-        0.349 to 0.382 between two seeds on 500 prompts."""
+        0.349 to 0.382 between two seeds on 500 prompts. `seed_per_prompt=False` keeps that one
+        seed (the e1 warm-up's draw, as its shipped adapter was trained)."""
         from vllm import SamplingParams
 
         from server.reasoning import split_ids
@@ -176,7 +177,7 @@ class Evaluator:
         for p, b, e in zip(problems, budgets, efforts):
             prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, e)})
             params.append(SamplingParams(
-                temperature=temperature, n=samples, max_tokens=max_tokens, seed=sample_seed(seed, p.id),
+                temperature=temperature, n=samples, max_tokens=max_tokens, seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
                 thinking_token_budget=-1 if b is None else int(b), skip_special_tokens=False))
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=True)
         results = []

@@ -402,7 +402,7 @@ class E1(Recipe):
             torch.set_num_threads(self.cfg.threads)  # as the run asked, whatever the engine set
         rows = self.evaluator.generate(problems, self.ctx.task, None, [None] * len(problems), temperature=temperature,
                                        samples=samples, max_tokens=self.ctx.max_completion, seed=self.cfg.seed + 11,
-                                       keep_ids=True)
+                                       keep_ids=True, seed_per_prompt=False)  # the warm-up's draw (see the docstring)
         for r in rows:
             t = r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos]
             out.append((r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop", t))
