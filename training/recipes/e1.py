@@ -70,8 +70,15 @@ Departures:
   average over prompts is the effort.
 
 The shipped adapter is the seed-0 run of `make adapters`' e1 line with the 80-step anchor on a
-fast machine (8.6 min of training): ratios 0.349 / 0.523 / 0.802 / 1.018 at efforts 0.25 / 0.5 /
-0.75 / 1.0, accuracy 96.4 / 97.4 / 99.2 / 100% (base 100%). Before it (40-step anchor), measured
+fast machine (7.8 min of training): ratios 0.326 / 0.470 / 0.716 / 0.940 at efforts 0.25 / 0.5 /
+0.75 / 1.0, accuracy 96.4 / 97.2 / 98.8 / 100% (base 100%), against references T(x) whose
+samples are seeded per prompt. Until then every prompt's reference samples shared one seed (the
+run's seed + 19), so the mean over prompts kept the draw's luck: the same weights measured 0.349
+/ 0.523 / 0.802 / 1.018, and 0.349 / 0.352 / 0.382 / 0.364 at effort 0.25 against references drawn
+with seeds 19 / 20 / 21 / 99 (seeded per prompt: 0.326–0.338). The warm-up's own sampling keeps
+one seed for all prompts (`_complete`): seeded per prompt, the seed-0 run needed 400 warm-up
+steps and ended at 0.325 / 0.459 / 0.646 / 0.862 (effort 0.75 and 1 outside the band; one run).
+Before it (40-step anchor), measured
 on the stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
 min: sampling and warm-up ≈ 12 min, 26 GRPO steps, the anchor; T(x) the upper quartile, decision
 weight 20): the warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6%
