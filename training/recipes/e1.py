@@ -78,6 +78,10 @@ run's seed + 19), so the mean over prompts kept the draw's luck: the same weight
 with seeds 19 / 20 / 21 / 99 (seeded per prompt: 0.326–0.338). The warm-up's own sampling keeps
 one seed for all prompts (`_complete`): seeded per prompt, the seed-0 run needed 400 warm-up
 steps and ended at 0.325 / 0.459 / 0.646 / 0.862 (effort 0.75 and 1 outside the band; one run).
+Seeds 1 and 2 against per-prompt-seeded references (their GRPO checkpoints resumed: anchor,
+calibration, evaluation): 0.335 / 0.477 / 0.755 / 0.985 at 100 / 99.4 / 99.4 / 99.6%, and 0.331 /
+0.485 / 0.759 / 0.960 at 92.6 / 99.0 / 99.2 / 98.6% — met at seeds 0 and 1; seed 2 tracks, 1.4
+points under the base at effort 1.
 Before it (40-step anchor), measured
 on the stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
 min: sampling and warm-up ≈ 12 min, 26 GRPO steps, the anchor; T(x) the upper quartile, decision
