@@ -177,7 +177,8 @@ class Evaluator:
         for p, b, e in zip(problems, budgets, efforts):
             prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, e)})
             params.append(SamplingParams(
-                temperature=temperature, n=samples, max_tokens=max_tokens, seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
+                temperature=temperature, n=samples, max_tokens=max_tokens,
+                seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
                 thinking_token_budget=-1 if b is None else int(b), skip_special_tokens=False))
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=True)
         results = []

@@ -82,10 +82,10 @@ Seeds 1 and 2 against per-prompt-seeded references (their GRPO checkpoints resum
 calibration, evaluation): 0.335 / 0.477 / 0.755 / 0.985 at 100 / 99.4 / 99.4 / 99.6%, and 0.331 /
 0.485 / 0.759 / 0.960 at 92.6 / 99.0 / 99.2 / 98.6% — met at seeds 0 and 1; seed 2 tracks, 1.4
 points under the base at effort 1.
-Before it (40-step anchor), measured
-on the stage-3 embedded model (`make adapters`' e1 line, `--minutes 19`, 18.1
-min: sampling and warm-up ≈ 12 min, 26 GRPO steps, the anchor; T(x) the upper quartile, decision
-weight 20): the warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6%
+
+Before it (40-step anchor, shared-seed references), measured on the stage-3 embedded model
+(`make adapters`' e1 line, `--minutes 19`, 18.1 min: sampling and warm-up ≈ 12 min, 26 GRPO
+steps, the anchor; T(x) the upper quartile, decision weight 20): the warm-up moves the probe's ratio at effort 0.25 / 1.0 from 1.41 / 0.98 (6%
 accurate) to 0.27 / 0.74 (94%); calibration realised 0.34–0.42 at controls 0.2–0.35 and
 1.04–1.29 above (no middle path on dev: the mix of the two serves 0.5 and 0.75); the 500 test
 prompts give ratios 0.350 / 0.539 / 0.808 / 1.068 at efforts 0.25 / 0.5 / 0.75 / 1.0 (accuracy
