@@ -83,8 +83,9 @@ calibration, evaluation): 0.335 / 0.477 / 0.755 / 0.985 at 100 / 99.4 / 99.4 / 9
 0.485 / 0.759 / 0.960 at 92.6 / 99.0 / 99.2 / 98.6% — met at seeds 0 and 1; seed 2 tracks, 1.4
 points under the base at effort 1. Seed 2 calibrated on 300 dev prompts instead of 100 (only that
 changed): 0.331 / 0.509 / 0.757 / 1.045 at 92.6 / 99.2 / 99.2 / 99.0% — inside every target, and
-dev and test agree better on the middle controls; not yet the default (seeds 0 / 1 and the
-shipped adapter would need the same rerun).
+dev and test agree better on the middle controls; seeds 0 / 1 the same way: 0.326 / 0.479 / 0.727
+/ 0.940 at 100%, 0.335 / 0.458 / 0.725 / 0.956 at 99.6% — met at 3 seeds of 3. Not yet the default
+(the shipped adapter, its report and the router need the rebuild).
 
 Before it (40-step anchor, shared-seed references), measured on the stage-3 embedded model
 (`make adapters`' e1 line, `--minutes 19`, 18.1 min: sampling and warm-up ≈ 12 min, 26 GRPO
