@@ -30,7 +30,7 @@ class BaseReportConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     n: int = field(default=600, metadata={"help": "held-out test prompts"})
     samples: int = field(default=8, metadata={"help": "temperature-1 samples per prompt"})
-    seed: int = field(default=0, metadata={"help": "eval-set seed"})
+    seed: int = field(default=0, metadata={"help": "eval-set seed; the temperature-1 samples of each prompt draw from a seed derived from this and the prompt id"})
     out: str = field(default="models/effort-tiny/report", metadata={"help": "output folder"})
     update_manifest: bool = field(default=False, metadata={"help": "write the figures into the model's manifest.json"})
 

@@ -76,7 +76,7 @@ class EvalConfig:
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
     split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
     n: int = field(default=500, metadata={"help": "number of prompts"})
-    seed: int = field(default=0, metadata={"help": "eval-set and sampling seed"})
+    seed: int = field(default=0, metadata={"help": "eval-set seed; with --temperature > 0 each prompt samples from its own seed, derived from this and the prompt id"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     samples: int = field(default=1, metadata={"help": "samples per prompt"})
     max_tokens: int = field(default=512, metadata={"help": "max generated tokens per sample"})
