@@ -1,8 +1,8 @@
 """`effort bench serve`: our server vs vLLM's own OpenAI server, same model, same engine settings.
 
 Both servers run at once (separate processes and ports). For each scenario (concurrency 1 and
-16, streaming and not) the same requests go to vLLM, then to ours, `--repeats` times
-alternating; the table shows medians over repeats of output tokens/s, p50 / p99 end-to-end
+16, streaming and not) the same requests (`--requests`, at least `--waves` rounds of the
+concurrency) go to vLLM, then to ours, `--repeats` times alternating; the table shows medians over repeats of output tokens/s, p50 / p99 end-to-end
 latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
 ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
 both sides of a ratio and not one side of the medians). A note under the table adds the
@@ -38,8 +38,9 @@ from .engine import EngineSettings, default_model, has_gpu, kv_cache_bytes
 @dataclass
 class BenchConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
-    requests: int = field(default=32, metadata={"help": "requests per scenario"})
-    repeats: int = field(default=4, metadata={"help": "alternating repeats per scenario (medians; ratios: median of the pairs)"})
+    requests: int = field(default=32, metadata={"help": "requests per scenario (at least --waves x the concurrency)"})
+    waves: int = field(default=8, metadata={"help": "each scenario sends at least this many rounds of `concurrency` requests"})
+    repeats: int = field(default=6, metadata={"help": "alternating repeats per scenario (medians; ratios: median of the pairs)"})
     max_tokens: int = field(default=256, metadata={"help": "max tokens per request"})
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
@@ -47,14 +48,22 @@ class BenchConfig:
     upstream: bool = field(default=False, metadata={"help": "measure gateway mode: ours in front of vLLM's server vs vLLM directly"})
 
     def __post_init__(self):
-        if self.requests < 1 or self.repeats < 1 or self.max_tokens < 1:
-            raise ValueError("--requests, --repeats and --max-tokens must be >= 1")
+        if self.requests < 1 or self.repeats < 1 or self.max_tokens < 1 or self.waves < 1:
+            raise ValueError("--requests, --repeats, --waves and --max-tokens must be >= 1")
         try:
             self.levels = [int(c) for c in self.concurrency.split(",") if c.strip()]
         except ValueError:
             raise ValueError("--concurrency must be a comma list of integers") from None
         if not self.levels or min(self.levels) < 1:
             raise ValueError("--concurrency needs integers >= 1")
+
+
+def scenario_requests(requests: int, waves: int, concurrency: int) -> int:
+    """Requests in one scenario run: `requests`, but at least `waves` rounds of `concurrency`.
+    32 requests at concurrency 16 are two rounds (≈ 1.5 s on 2 cores): their p50 is set by two
+    batches and their throughput is mostly a ramp-up and a tail; 8 rounds (128 requests) a run
+    measure the steady state."""
+    return max(requests, waves * concurrency)
 
 
 def full_effort_budget(max_tokens: int) -> int:
@@ -206,7 +215,8 @@ def run_bench(cfg: BenchConfig) -> str:
         think = (m.think_start, m.think_end)
     except Exception:
         think = ("<think>", "</think>")
-    questions = [p.question for p in DigitsTask().problems("dev", cfg.requests, seed=1)]
+    n_max = max(scenario_requests(cfg.requests, cfg.waves, c) for c in cfg.levels)
+    questions = [p.question for p in DigitsTask().problems("dev", n_max, seed=1)]
     budget = full_effort_budget(cfg.max_tokens)
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -228,9 +238,10 @@ def run_bench(cfg: BenchConfig) -> str:
                 results[key] = {"vllm": [], "ours": []}
                 for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
                     for name in _order(rep):
-                        results[key][name].append(asyncio.run(_scenario(urls[name], questions, conc, stream,
-                                                                        cfg.max_tokens, budget)))
-        paired = {stream: asyncio.run(_paired(urls, questions, stream, cfg.max_tokens, budget))
+                        results[key][name].append(asyncio.run(_scenario(
+                            urls[name], questions[:scenario_requests(cfg.requests, cfg.waves, conc)], conc, stream,
+                            cfg.max_tokens, budget)))
+        paired = {stream: asyncio.run(_paired(urls, questions[:cfg.requests], stream, cfg.max_tokens, budget))
                   for stream in (False, True)} if 1 in cfg.levels else {}
     finally:
         for p in procs.values():
@@ -240,7 +251,9 @@ def run_bench(cfg: BenchConfig) -> str:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    table = _table(results, ready, cfg.upstream, paired_line(paired) if paired else "")
+    sizes = ", ".join(f"{scenario_requests(cfg.requests, cfg.waves, c)} at concurrency {c}" for c in cfg.levels)
+    note = f"Requests per run: {sizes}; {cfg.repeats} repeats a scenario."
+    table = _table(results, ready, cfg.upstream, note + ("\n" + paired_line(paired) if paired else ""))
     print(table)
     if cfg.out:
         Path(cfg.out).write_text(table)

@@ -54,3 +54,17 @@ def test_paired_line_reports_the_median_per_request_ratio_and_its_spread():
     table = _table({(1, False): {"vllm": [run(100, 1.0)], "ours": [run(100, 1.0)]}}, {"vllm": 1.0, "ours": 1.0},
                    note=line)
     assert line in table.splitlines()
+
+
+@pytest.mark.parametrize("requests,waves,conc,expected", [(32, 8, 1, 32), (32, 8, 16, 128), (200, 8, 16, 200), (1, 1, 1, 1)])
+def test_scenario_sends_at_least_waves_rounds_of_the_concurrency(requests, waves, conc, expected):
+    from server.bench import scenario_requests
+
+    assert scenario_requests(requests, waves, conc) == expected
+
+
+def test_bench_rejects_zero_waves():
+    from server.bench import BenchConfig
+
+    with pytest.raises(ValueError, match="--waves"):
+        BenchConfig(waves=0)
