@@ -13,7 +13,7 @@ serve: setup
 eval-demo: setup
 	.venv/bin/effort eval --n 60 --settings full,frac:0.5,frac:0.25,none --out eval-out
 
-# System tools of the deploy tests (Prometheus, promtool), installed when missing.
+# Tools of the deploy tests (Prometheus, promtool; dclint into .tools/), installed when missing.
 tools:
 	bash scripts/tools.sh
 

@@ -21,8 +21,11 @@ DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 
 
+NODE_BIN = REPO / ".tools" / "node_modules" / ".bin"
+
+
 def _tool(name: str) -> str:
-    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    path = shutil.which(name) or next((str(d / name) for d in (BIN, NODE_BIN) if (d / name).exists()), None)
     if path is None:
         pytest.fail(f"{name} is not installed: run `bash scripts/tools.sh` (make test does)")
     return path
@@ -48,6 +51,32 @@ def test_k8s_manifests_validate_against_the_schema():
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/health" and c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert c["resources"]["limits"]["nvidia.com/gpu"]
+
+
+def _dclint(*files) -> subprocess.CompletedProcess:
+    return subprocess.run([_tool("dclint"), "-c", str(DEPLOY / ".dclintrc"), "--max-warnings", "0", "--color",
+                           "false", *map(str, files)], capture_output=True, text=True, cwd=DEPLOY)
+
+
+def test_compose_files_pass_dclint():
+    """The compose-spec schema (what `docker compose config` validates) and dclint's rules:
+    explicit interfaces on published ports, pinned tags, no duplicate ports, key order."""
+    r = _dclint(DEPLOY / "compose.yaml", DEPLOY / "compose.gpu.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("change,rule", [
+    (lambda d: d["services"]["grafana"].update(imag="x"), "invalid-schema"),  # a typo in a key
+    (lambda d: d["services"]["grafana"].update(ports=["3000:3000"]), "no-unbound-port-interfaces"),
+    (lambda d: d["services"]["grafana"].update(image="grafana/grafana:latest"), "service-image-require-explicit-tag"),
+])
+def test_dclint_rejects_a_broken_compose_file(tmp_path, change, rule):
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    change(doc)
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(yaml.safe_dump(doc, sort_keys=False, default_style=None))
+    r = _dclint(bad)
+    assert r.returncode != 0 and rule in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml"])
