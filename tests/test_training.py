@@ -258,6 +258,9 @@ def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
     assert m.kind == kind and m.name == f"q-{kind}"
     assert m.training["steps"] == 2 and m.training["recipe"] == kind
     assert m.base_model_hash and m.base_model_hash != "unknown"
+    peft_cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert peft_cfg["target_modules"] == sorted(peft_cfg["target_modules"]) and len(peft_cfg["target_modules"]) > 1
+    assert not (folder / "README.md").exists()  # peft's boilerplate card
     assert (folder / "training_log.jsonl").is_file() and (folder / "curves.png").stat().st_size > 1000
     rows = [json.loads(x) for x in (folder / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

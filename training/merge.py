@@ -80,7 +80,7 @@ def merge(cfg: MergeConfig, log=print) -> Path:
 
     from server.manifest import AdapterManifest
     from training.evaluate import lookup_adapter
-    from training.rl import eval_full, staged_folder
+    from training.rl import eval_full, save_adapter, staged_folder
 
     src = lookup_adapter(cfg.adapter, cfg.adapter_dir)
     if src is None:
@@ -121,8 +121,7 @@ def merge(cfg: MergeConfig, log=print) -> Path:
     if missing:
         raise ValueError(f"merged adapter lost modules: {sorted(missing)[:3]}")
     with staged_folder(out) as stage:
-        new.save_pretrained(str(stage))
-        (stage / "README.md").unlink(missing_ok=True)  # peft's boilerplate model card
+        save_adapter(new, stage)
         manifest = AdapterManifest(
             name=name, kind="merged", base_model=m.base_model, base_model_hash=m.base_model_hash,
             think_start=m.think_start, think_end=m.think_end, control=m.control,

@@ -435,6 +435,19 @@ def staged_folder(out: Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def save_adapter(model, folder: Path, **kw) -> None:
+    """`model.save_pretrained` without peft's boilerplate model card, and with the LoRA target
+    modules sorted (peft writes them from a set, so the same run wrote them in another order
+    each time)."""
+    model.save_pretrained(str(folder), **kw)
+    (folder / "README.md").unlink(missing_ok=True)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _check_targets(model, targets: list[str]) -> None:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
@@ -577,8 +590,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
 
     # -- the adapter, staged in a hidden sibling folder, then renamed into place -------------
     with staged_folder(out) as stage:
-        trainer.model.save_pretrained(str(stage), selected_adapters=["default"])
-        (stage / "README.md").unlink(missing_ok=True)  # peft's boilerplate model card
+        save_adapter(trainer.model, stage, selected_adapters=["default"])
         for f in ("log.jsonl", "curves.png"):
             if (run_dir / f).exists():
                 shutil.copy2(run_dir / f, stage / ("training_" + f if f == "log.jsonl" else f))
