@@ -2,13 +2,13 @@
 
 Both servers run at once (separate processes and ports). For each scenario (concurrency 1 and
 16, streaming and not) the same requests (`--requests`, at least `--waves` rounds of the
-concurrency) go to vLLM, then to ours, `--repeats` times alternating; the table shows medians over repeats of output tokens/s, p50 / p99 end-to-end
-latency and p50 time to first token, and the ratio ours / vLLM as the median of the per-repeat
-ratios (each repeat's two runs are back to back, so a slow spell of this shared machine hits
-both sides of a ratio and not one side of the medians). A note under the table adds the
-request-by-request comparison at concurrency 1 (`_paired`, when 1 is among the levels): each question to both servers back
-to back, the median of the per-request ratios — the serving overhead with the least of the
-machine's drift in it.
+concurrency) go to vLLM, then to ours, `--repeats` times alternating; the table shows medians
+over repeats of output tokens/s, p50 / p99 end-to-end latency and p50 time to first token, and
+the ratio ours / vLLM as the median of the per-repeat ratios (each repeat's two runs are back to
+back, so a slow spell of this shared machine hits both sides of a ratio and not one side of the
+medians). A note under the table adds the request-by-request comparison at concurrency 1
+(`_paired`, when 1 is among the levels): each question to both servers back to back, the median
+of the per-request ratios — the serving overhead with the least of the machine's drift in it.
 Requests are greedy chat completions at full effort, each carrying the thinking budget our
 server enforces at full effort anyway (`full_effort_budget`: max_tokens − answer reserve − 2), so
 both servers generate the same tokens, both engines track the same budget, and the difference
@@ -215,8 +215,8 @@ def run_bench(cfg: BenchConfig) -> str:
         think = (m.think_start, m.think_end)
     except Exception:
         think = ("<think>", "</think>")
-    n_max = max(scenario_requests(cfg.requests, cfg.waves, c) for c in cfg.levels)
-    questions = [p.question for p in DigitsTask().problems("dev", n_max, seed=1)]
+    sizes = {c: scenario_requests(cfg.requests, cfg.waves, c) for c in cfg.levels}
+    questions = [p.question for p in DigitsTask().problems("dev", max(sizes.values()), seed=1)]
     budget = full_effort_budget(cfg.max_tokens)
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -238,9 +238,8 @@ def run_bench(cfg: BenchConfig) -> str:
                 results[key] = {"vllm": [], "ours": []}
                 for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
                     for name in _order(rep):
-                        results[key][name].append(asyncio.run(_scenario(
-                            urls[name], questions[:scenario_requests(cfg.requests, cfg.waves, conc)], conc, stream,
-                            cfg.max_tokens, budget)))
+                        results[key][name].append(asyncio.run(_scenario(urls[name], questions[:sizes[conc]], conc,
+                                                                        stream, cfg.max_tokens, budget)))
         paired = {stream: asyncio.run(_paired(urls, questions[:cfg.requests], stream, cfg.max_tokens, budget))
                   for stream in (False, True)} if 1 in cfg.levels else {}
     finally:
@@ -251,8 +250,7 @@ def run_bench(cfg: BenchConfig) -> str:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    sizes = ", ".join(f"{scenario_requests(cfg.requests, cfg.waves, c)} at concurrency {c}" for c in cfg.levels)
-    note = f"Requests per run: {sizes}; {cfg.repeats} repeats a scenario."
+    note = f"Requests per run: {', '.join(f'{n} at concurrency {c}' for c, n in sizes.items())}; {cfg.repeats} repeats a scenario."
     table = _table(results, ready, cfg.upstream, note + ("\n" + paired_line(paired) if paired else ""))
     print(table)
     if cfg.out:
