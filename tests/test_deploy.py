@@ -19,9 +19,7 @@ from procs import free_port, start, stop
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
-
-
-NODE_BIN = REPO / ".tools" / "node_modules" / ".bin"
+NODE_BIN = REPO / ".tools" / "node_modules" / ".bin"  # dclint (scripts/tools.sh)
 
 
 def _tool(name: str) -> str:

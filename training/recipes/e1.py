@@ -16,8 +16,9 @@
   calibration and the test report measure T(x) the same way (8 samples a prompt).
 - Reward: a correct answer whose reasoning length ℓ is near r × T(x).
 - After training, a calibration measures the realised ratio ℓ / T(x) at the trained control
-  values 0.20 … 1.00 on 300 dev prompts (`calibration_n`) through vLLM and stores, in the manifest's control, the
-  points where the realised ratio rises (`calibration_points`) with ``mix``: a request for effort r
+  values 0.20 … 1.00 on 300 dev prompts (`calibration_n`) through vLLM and stores, in the
+  manifest's control, the points where the realised ratio rises (`calibration_points`) with
+  ``mix``: a request for effort r
   between two points gets one of their two control values, the upper one for the share of
   prompts (a hash of the prompt) that makes the average realised ratio r. Among the controls
   that realise full length (≥ 0.9), one clearly less accurate on those prompts (by 2 points)
@@ -75,8 +76,8 @@ ratios 0.320 / 0.476 / 0.734 / 0.975 at efforts 0.25 / 0.5 / 0.75 / 1.0, accurac
 98.2 / 99.8% (base 100%), against references T(x) whose samples are seeded per prompt. The
 same command on a fast AMD machine stopped the warm-up at 300 steps (CPU kernels round
 differently, so the probe's numbers differ) and with 100 dev prompts of calibration gave 0.326 /
-0.470 / 0.716 / 0.940 at 96.4 / 97.2 / 98.8 / 100%. Until then every prompt's reference samples shared one seed (the
-run's seed + 19), so the mean over prompts kept the draw's luck: the same weights measured 0.349
+0.470 / 0.716 / 0.940 at 96.4 / 97.2 / 98.8 / 100%. Until then every prompt's reference samples
+shared one seed (the run's seed + 19), so the mean over prompts kept the draw's luck: the same weights measured 0.349
 / 0.523 / 0.802 / 1.018, and 0.349 / 0.352 / 0.382 / 0.364 at effort 0.25 against references drawn
 with seeds 19 / 20 / 21 / 99 (seeded per prompt: 0.326–0.338). The warm-up's own sampling keeps
 one seed for all prompts (`_complete`): seeded per prompt, the seed-0 run needed 400 warm-up
