@@ -18,9 +18,9 @@
 - After training, a calibration measures the realised ratio ℓ / T(x) at the trained control
   values 0.20 … 1.00 on 300 dev prompts (`calibration_n`) through vLLM and stores, in the
   manifest's control, the points where the realised ratio rises (`calibration_points`) with
-  ``mix``: a request for effort r
-  between two points gets one of their two control values, the upper one for the share of
-  prompts (a hash of the prompt) that makes the average realised ratio r. Among the controls
+  ``mix``: a request for effort r between two points gets one of their two control values, the
+  upper one for the share of prompts (a hash of the prompt) that makes the average realised
+  ratio r. Among the controls
   that realise full length (≥ 0.9), one clearly less accurate on those prompts (by 2 points)
   than another of about the same length (within 0.1) is left out: they differ in accuracy (a
   rerun: control 0.40 realised 1.04 of full at 97.2% on the test prompts, 0.45 realised 1.04 at
