@@ -1,5 +1,5 @@
 # The two commands of the README:  `make serve`  and  `make test`.
-.PHONY: setup tools serve eval-demo test test-fast model report adapters adapters-report router bench bench-router clean
+.PHONY: setup tools serve eval-demo test test-fast model report adapters adapters-report effort-report router bench bench-router clean
 PY := .venv/bin/python
 
 setup:
@@ -53,13 +53,26 @@ adapters-report: setup
 	.venv/bin/effort eval --n 500 --adapters base,dler,dler-da,dler-merged,e1 --out adapters/report \
 		--router none --settings full,base@frac:0.25,base@frac:0.5,base@frac:0.75,e1@control:0.25,e1@control:0.5,e1@control:0.75
 
+# The README's effort table and curve (adapters/effort-report/, ~10 min on 2 cores): what the default
+# server does at each effort (`server`: the base model's name, any adapter), the base alone under plain
+# budget forcing at the same fractions of its length, and each adapter asked for by name.
+ES := base@full,base@none,base@route:0.25,base@route:0.5,base@route:0.75,base@auto
+ES := $(ES),base@effort:0,base@effort:0.1,base@effort:0.25,base@effort:0.5,base@effort:0.75,base@effort:1
+ES := $(ES),dler@effort:0.1,dler@effort:0.25,dler@effort:0.5,dler@effort:0.75,dler@effort:1
+ES := $(ES),dler-da@effort:0.1,dler-da@effort:0.25,dler-da@effort:0.5,dler-da@effort:0.75,dler-da@effort:1
+ES := $(ES),dler-merged@effort:0.1,dler-merged@effort:0.25,dler-merged@effort:0.5,dler-merged@effort:0.75
+ES := $(ES),dler-merged@effort:1,e1@effort:0.1,e1@effort:0.25,e1@effort:0.5,e1@effort:0.75,e1@effort:1
+effort-report: setup
+	.venv/bin/effort eval --n 500 --adapters base,dler,dler-da,dler-merged,e1 --out adapters/effort-report \
+		--settings $(ES)
+
 # The difficulty router (adapters/router/) from measured records, then its report on the test split:
 #  1. every route model at full effort (and no thinking) on dev prompts -> length heads;
-#  2. the efforts as the server runs them (budgets from stage 1's predicted lengths) -> route heads;
+#  2. each model at fractions of its own length, as routes run (budgets from stage 1's predicted lengths) -> route heads;
 #  3. calibrate the auto margin on other dev prompts (seed 1); 4. auto vs fixed efforts on test.
 # Each stage is a file target: an interrupted run picks up where it stopped (~20 min on 2 cores).
 ROUTES := base,dler,e1
-EFFORTS := effort:0.25,effort:0.5,effort:0.75
+EFFORTS := route:0.25,route:0.5,route:0.75
 router: setup adapters/router/report/results.json
 
 runs/router/fit-full/results.json:

@@ -27,6 +27,12 @@ PANELS = [  # (title, unit, [(legend, expr)])
         ("{{effort_bucket}}", f"sum by (effort_bucket) (rate(effort_budget_hits_total[{R}])) / sum by (effort_bucket) (rate(effort_reasoning_tokens_count[{R}]))")]),
     ("Tokens saved vs predicted full effort / s", "short", [
         ("{{adapter}}", f"sum by (adapter) (rate(effort_tokens_saved_total[{R}]))")]),
+    ("Options chosen by effort (model, control, budget, none)", "reqps", [
+        ("{{effort_bucket}} / {{choice}}", f"sum by (effort_bucket, choice) (rate(effort_route_choices_total[{R}]))")]),
+    ("Realised fraction of the base's full-effort reasoning by effort (mean)", "percentunit", [
+        ("{{effort_bucket}}", f"sum by (effort_bucket) (rate(effort_realised_fraction_sum[{R}])) / sum by (effort_bucket) (rate(effort_realised_fraction_count[{R}]))")]),
+    ("Spend allowed by effort (p50, tokens)", "short", [
+        ("{{effort_bucket}}", f"histogram_quantile(0.5, sum by (le, effort_bucket) (rate(effort_spend_tokens_bucket[{R}])))")]),
     ("Router decisions (effort auto) by chosen effort", "reqps", [
         ("{{effort_bucket}} / {{adapter}}", f"sum by (effort_bucket, adapter) (rate(effort_router_decisions_total[{R}]))")]),
     ("Router length error (p50 / p90, tokens)", "short", [

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # OpenAI's names, and "max"
 
 
 @dataclass
@@ -20,13 +20,16 @@ class ServerSettings:
     effort_low: float = field(default=0.25, metadata={"help": "number for effort 'low'"})
     effort_medium: float = field(default=0.5, metadata={"help": "number for effort 'medium'"})
     effort_high: float = field(default=1.0, metadata={"help": "number for effort 'high'"})
-    effort_minimal: float = field(default=0.1, metadata={"help": "number for reasoning_effort 'minimal'"})
+    effort_minimal: float = field(default=0.1, metadata={"help": "number for 'minimal'"})
+    effort_xhigh: float = field(default=1.0, metadata={"help": "number for 'xhigh'"})
+    effort_max: float = field(default=1.0, metadata={"help": "number for 'max'"})
+    effort_tie: float = field(default=0.005, metadata={"help": "predicted accuracies within this of the best are tied; a tie goes to the option with fewer predicted reasoning tokens"})
     budget_slack: float = field(default=1.2, metadata={"help": "budget = ceil(effort x predicted length x slack)"})
-    min_budget: int = field(default=8, metadata={"help": "smallest dynamic thinking budget (effort > 0)"})
+    min_budget: int = field(default=16, metadata={"help": "smallest spend and thinking budget of an effort > 0, in tokens"})
     max_budget: int = field(default=0, metadata={"help": "hard cap on any thinking budget (0: none)"})
     answer_reserve: int = field(default=16, metadata={"help": "tokens of max_tokens kept for the answer"})
     full_effort_tokens: int = field(default=0, metadata={"help": "predicted full-effort reasoning length (0: from the model manifest)"})
-    effort_adapters: str = field(default="", metadata={"help": "JSON list of [max_effort, adapter] rules, e.g. '[[0.5, \"dler\"]]': efforts <= max_effort use that adapter"})
+    effort_adapters: str = field(default="", metadata={"help": "JSON list of [max_effort, model] rules: efforts <= max_effort choose only among that model's options ('base': the base model alone), e.g. '[[1, \"base\"]]' for plain budget forcing"})
     router: str = field(default="", metadata={"help": "difficulty router folder for effort 'auto' and per-prompt budgets (default: <first adapters folder>/router when present; 'none': no router)"})
     router_margin: float = field(default=-1.0, metadata={"help": "auto takes the cheapest route predicted within this accuracy of the best (-1: the router's calibrated margin)"})
     router_history: int = field(default=10000, metadata={"help": "prompts whose measured full-effort length is remembered for repeats (0: off)"})
@@ -50,11 +53,13 @@ class ServerSettings:
     config: str = field(default="", metadata={"help": "JSON file of any of these settings"})
 
     def __post_init__(self):
-        for name in ("effort_low", "effort_medium", "effort_high", "effort_minimal"):
+        for name in ("effort_low", "effort_medium", "effort_high", "effort_minimal", "effort_xhigh", "effort_max"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.budget_slack <= 0 or self.min_budget < 0 or self.max_budget < 0 or self.answer_reserve < 0:
             raise ValueError("budget_slack must be > 0; min_budget, max_budget and answer_reserve >= 0")
+        if not 0 <= self.effort_tie < 1:
+            raise ValueError("effort_tie must be in [0, 1)")
         if self.router_margin > 1 or self.router_history < 0:
             raise ValueError("router_margin must be <= 1 (-1: calibrated) and router_history >= 0")
         if min(self.max_body_bytes, self.max_n) < 1 or min(self.max_prompt_tokens, self.max_output_tokens,
@@ -73,10 +78,9 @@ class ServerSettings:
         self.effort_rules()  # validate
 
     def levels(self) -> dict[str, float]:
-        return {"low": self.effort_low, "medium": self.effort_medium, "high": self.effort_high}
-
-    def openai_levels(self) -> dict[str, float]:
-        return {"none": 0.0, "minimal": self.effort_minimal, **self.levels(), "xhigh": 1.0}
+        """Every effort name and its number (`effort`, `reasoning_effort` and `reasoning.effort`)."""
+        return {"none": 0.0, "minimal": self.effort_minimal, "low": self.effort_low, "medium": self.effort_medium,
+                "high": self.effort_high, "xhigh": self.effort_xhigh, "max": self.effort_max}
 
     def upstream_names(self) -> dict[str, str]:
         if not self.upstream_models:

@@ -2,7 +2,8 @@
 
 Names start with ``effort_`` and carry their unit; labels are low-cardinality: effort bucket
 (none/low/medium/high/full), adapter (registered names only), route (fixed/auto), finish
-reason, endpoint. Token counts come from `server.reasoning`, the same numbers as `usage`.
+reason, endpoint, and the option the policy chose (a few per model: ``dler``, ``e1@control``,
+``base@budget``, ``base@none``). Token counts come from `server.reasoning`, the same numbers as `usage`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LAT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TPOT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+FRACTION = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1, 1.25, 1.5, 2, 3)
 TOK = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 LABELS = ("effort_bucket", "adapter", "route")
 
@@ -33,6 +35,13 @@ class Metrics:
         self.answer_tokens = Histogram("effort_answer_tokens", "Answer tokens per choice", LABELS, buckets=TOK, registry=r)
         self.budget = Histogram("effort_thinking_budget_tokens", "Thinking budget applied per request", LABELS, buckets=TOK, registry=r)
         self.budget_hits = Counter("effort_budget_hits_total", "Choices whose thinking was cut by the budget", LABELS, registry=r)
+        self.spend = Histogram("effort_spend_tokens", "Reasoning tokens the request's effort allows",
+                               LABELS, buckets=TOK, registry=r)
+        self.fraction = Histogram("effort_realised_fraction",
+                                  "Reasoning tokens per choice / the base's predicted full-effort reasoning",
+                                  LABELS, buckets=FRACTION, registry=r)
+        self.choices = Counter("effort_route_choices_total", "Options the policy chose to answer with",
+                               ("effort_bucket", "route", "choice"), registry=r)
         self.saved = Counter("effort_tokens_saved_total", "Reasoning tokens saved versus the predicted full-effort length",
                              LABELS, registry=r)
         self.router = Counter("effort_router_decisions_total", "Decisions of the difficulty router (effort auto)",
@@ -63,6 +72,9 @@ class Metrics:
         self.prompt_tokens.labels(*lab).observe(prompt_tokens)
         if decision.thinking_budget is not None:
             self.budget.labels(*lab).observe(decision.thinking_budget)
+        if decision.spend is not None:
+            self.spend.labels(*lab).observe(decision.spend)
+        self.choices.labels(decision.bucket, decision.route, decision.family or "unknown").inc()
         for r, a, h in zip(reasoning, answer, hits):
             self.reasoning_tokens.labels(*lab).observe(r)
             self.answer_tokens.labels(*lab).observe(a)
@@ -70,6 +82,7 @@ class Metrics:
                 self.budget_hits.labels(*lab).inc()
             if decision.full_effort_tokens:
                 self.saved.labels(*lab).inc(max(0.0, decision.full_effort_tokens - r))
+                self.fraction.labels(*lab).observe(r / decision.full_effort_tokens)
         if decision.route == "auto":
             self.router.labels(decision.bucket, adapter_label).inc()
             for r in reasoning:

@@ -58,6 +58,15 @@ class StructuredOutputs(_Request):
     json_object: bool | None = None
 
 
+class ReasoningOptions(_Request):
+    """OpenRouter's `reasoning` object: the same dial under other names."""
+
+    effort: str | None = None  # an effort name, as `reasoning_effort`
+    max_tokens: int | None = Field(None, ge=0)  # a cap on reasoning tokens, as `thinking_token_budget`
+    exclude: bool | None = None  # true: leave the reasoning text out of the response (still counted)
+    enabled: bool | None = None  # false: no thinking; true: the server default effort
+
+
 # sampling fields that go to vLLM as they come, when given (in gateway mode: to the upstream)
 SAMPLING_EXTRAS = ("presence_penalty", "frequency_penalty", "top_k", "min_p", "repetition_penalty", "min_tokens")
 
@@ -88,9 +97,22 @@ class _Sampling(_Request):
     effort: float | str | None = Field(
         None, description="number in [0, 1], 'low' | 'medium' | 'high', or 'auto'")
     reasoning_effort: str | None = Field(
-        None, description="OpenAI names: none, minimal, low, medium, high, xhigh (alias of effort)")
+        None, description="OpenAI names: none, minimal, low, medium, high, xhigh, and max (alias of effort)")
     thinking_token_budget: int | None = Field(
         None, ge=0, description="hard cap on reasoning tokens; always honoured")
+    reasoning: ReasoningOptions | None = Field(
+        None, description="OpenRouter's {effort, max_tokens, exclude, enabled}")
+    include_reasoning: bool | None = Field(
+        None, description="false: leave the reasoning text out of the response (usage still counts it)")
+    adapters: Literal["auto", "none"] | None = Field(
+        None, description="for a request on the base model's name: 'auto' (default) lets the server answer "
+                          "with any adapter, 'none' with the base model alone")
+
+    def reasoning_options(self) -> dict | None:
+        return None if self.reasoning is None else self.reasoning.model_dump(exclude_none=True)
+
+    def show_reasoning(self) -> bool:
+        return self.include_reasoning is not False and not (self.reasoning and self.reasoning.exclude)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -100,6 +122,12 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None  # accepted only to say no: this server does not call tools
     tool_choice: str | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="passed to the chat template; enable_thinking false means effort 0")
+
+    def enable_thinking(self) -> bool | None:
+        v = (self.chat_template_kwargs or {}).get("enable_thinking")
+        return v if isinstance(v, bool) else None
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -144,6 +172,11 @@ class EffortReport(BaseModel):
     route: Literal["fixed", "auto"]
     predicted: dict[str, Any] | None = None
     reason: str
+    choice: str = Field(description="the option run: a model (dler), e1 at a control (e1@0.62), a model under "
+                                    "a budget (base@budget) or without thinking (base@none)")
+    spend: int | None = Field(None, description="reasoning tokens the effort allows (None for auto)")
+    full_effort_tokens: float | None = Field(None, description="the base model's predicted full-effort reasoning")
+    realised_fraction: float | None = Field(None, description="reasoning tokens / full_effort_tokens (mean of choices)")
 
 
 class TopLogprob(BaseModel):

@@ -135,8 +135,9 @@ class Score:
 
 class Router:
     """Linear heads over one featuriser. `length_w[:, j]` predicts log1p(full length) of
-    `models[j]`; `tokens_w[:, k]` log1p(reasoning tokens) of `routes[k]`; `acc[k] = (a, b)` gives
-    P(correct) = sigmoid(a + b × predicted log1p full length of the route's model)."""
+    `models[j]`; `tokens_w[:, k]` log1p(reasoning tokens) of `routes[k]`; each in tokens times the
+    head's mean correction (manifest ``length_scale`` / ``tokens_scale``); `acc[k] = (a, b)` gives
+    P(correct) = sigmoid(a + b × predicted log1p full length of the route's model, uncorrected)."""
 
     def __init__(self, featuriser, models: list[str], length_w: np.ndarray, length_b: np.ndarray,
                  routes: list[Route], tokens_w: np.ndarray, tokens_b: np.ndarray, acc: np.ndarray,
@@ -148,6 +149,10 @@ class Router:
         self.manifest = manifest
         self._w = np.concatenate([self.length_w, self.tokens_w], axis=1)
         self._b = np.concatenate([self.length_b, self.tokens_b])
+        # mean corrections of the log-space heads (1 for a router fitted without them)
+        ls, ts = manifest.get("length_scale") or {}, manifest.get("tokens_scale") or {}
+        self._scale = np.array([float(ls.get(m, 1.0)) for m in self.models] +
+                               [float(ts.get(r.label, 1.0)) for r in self.routes])
 
     @property
     def margin(self) -> float:
@@ -155,23 +160,37 @@ class Router:
         `margin` of the best predicted (set by `effort router calibrate`)."""
         return float(self.manifest.get("calibration", {}).get("margin", self.manifest.get("tolerance", 0.01)))
 
+    def length_error(self, model: str, reference: float | None = None) -> float:
+        """The length head's held-out mean absolute error relative to the mean length it was fitted
+        on (`reference` when the fit did not record that mean); 0 when unknown."""
+        q = (self.manifest.get("quality") or {}).get("length", {}).get(model) or {}
+        mean = q.get("mean_tokens") or reference
+        mae = q.get("mae_tokens_oof")
+        return float(mae) / float(mean) if mae is not None and mean else 0.0
+
     def score(self, text: str, known: dict[str, float] | None = None) -> Score:
         """`known`: measured full lengths (from `History`) that replace predictions."""
         x = self.featuriser.transform([text])[0]
         y = x @ self._w + self._b
         m = len(self.models)
-        full = {name: float(np.expm1(max(v, 0.0))) for name, v in zip(self.models, y[:m])}
+        tokens = np.expm1(np.maximum(y, 0.0)) * self._scale
+        full = {name: float(v) for name, v in zip(self.models, tokens[:m])}
         for name, v in (known or {}).items():
             if name in full:
                 full[name] = float(v)
+        # the accuracy heads were fitted on the uncorrected log-length prediction
+        z_of = {name: max(float(v), 0.0) for name, v in zip(self.models, y[:m])}
+        for name, v in (known or {}).items():
+            if name in z_of:
+                z_of[name] = math.log1p(float(v))
         p, tok = {}, {}
         for k, r in enumerate(self.routes):
-            z = math.log1p(full.get(r.model, 0.0))
+            z = z_of.get(r.model, 0.0)
             a, b = self.acc[k]
             p[r] = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a + b * z))))
-            t = float(np.expm1(max(y[m + k], 0.0)))
+            t = float(tokens[m + k])
             if r.model in (known or {}):  # scale the route's tokens with the corrected length
-                t *= full[r.model] / max(float(np.expm1(max(y[self.models.index(r.model)], 0.0))), 1.0)
+                t *= full[r.model] / max(float(tokens[self.models.index(r.model)]), 1.0)
             tok[r] = t
         return Score(full, p, tok)
 

@@ -66,6 +66,22 @@ def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
     return router
 
 
+# arguments of apply_chat_template that the server sets (a request's chat_template_kwargs may not)
+RESERVED_TEMPLATE_ARGS = frozenset({"conversation", "messages", "tokenize", "add_generation_prompt", "return_dict",
+                                    "continue_final_message", "chat_template", "tools", "documents", "padding",
+                                    "truncation", "max_length", "return_tensors", "return_assistant_tokens_mask",
+                                    "tokenizer_kwargs"})
+
+
+def _has_thinking_switch(tokenizer) -> bool:
+    """The chat template reads `enable_thinking` (Qwen3 and others: false renders a closed,
+    empty thinking block, the model's own no-think mode)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    return "enable_thinking" in (template or "")
+
+
 def _fits_int64(value) -> bool:
     """Every integer in a JSON value fits in 64 bits (what the engine process can be sent)."""
     if isinstance(value, bool) or value is None:
@@ -93,6 +109,7 @@ class _Prepared:
     logprobs: int | None = None  # alternatives per token to return; None: no logprobs
     constraint: str | None = None  # the request field that carried a structured-answer constraint
     stop: list[str] = field(default_factory=list)  # stop strings, applied to the answer
+    show_reasoning: bool = True  # false: the reasoning text stays out of the response (usage counts it)
 
 
 class _Released:
@@ -139,11 +156,12 @@ class Service:
         full = settings.full_effort_tokens or self.manifest.default_full_effort_tokens
         self.router = load_router(settings.router, paths)
         self.history = History(settings.router_history) if self.router is not None else None
-        self.policy = Policy(settings, self.adapters, self.base_name, full, self.router, self.history)
+        self.policy = Policy(settings, self.adapters, self.base_name, full, self.router, self.history, self.manifest)
         self.metrics = Metrics()
         self.admission = Admission(settings.max_concurrent, settings.max_queue)
         self.llm = None
         self.tokenizer = None
+        self.template_switch = False  # the chat template has its own enable_thinking switch
         self.structured_ready = False  # in-process: the think markers are single tokens (see think_parser)
         self.ready = False
 
@@ -168,6 +186,7 @@ class Service:
         log.info("engine up in %.1f s: vLLM import %.1f s, config %.1f s, engine core %.1f s",
                  time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2)
         self.tokenizer = self.llm.tokenizer
+        self.template_switch = _has_thinking_switch(self.tokenizer)
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
         vocab = self.tokenizer.get_vocab()
         self.structured_ready = all(m in vocab for m in (self.manifest.think_start, self.manifest.think_end))
@@ -184,6 +203,7 @@ class Service:
 
         s = self.settings
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.template_switch = _has_thinking_switch(self.tokenizer)
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
         self.max_model_len = self.engine_settings.max_model_len
         self.llm = UpstreamEngine(s.upstream, s.upstream_model, s.upstream_names(), s.upstream_timeout)
@@ -242,9 +262,11 @@ class Service:
         t0 = time.perf_counter()
         if not self.ready:
             raise EngineUnavailable("the engine is not ready")
+        thinking = req.enable_thinking() if isinstance(req, ChatCompletionRequest) else None
         decide = lambda max_tokens: self.policy.decide(  # noqa: E731 - same request, one more cap
             model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
-            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens, prompt=text)
+            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens, prompt=text,
+            reasoning=req.reasoning_options(), enable_thinking=thinking, adapters=req.adapters)
         limit = req.output_limit()
         s = self.settings
         if req.n > s.max_n:
@@ -292,7 +314,8 @@ class Service:
         return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
                          (arrived or t0) + s.request_timeout, n_logprobs,
                          None if params.structured_outputs is None else
-                         "structured_outputs" if req.structured_outputs is not None else "response_format", stop)
+                         "structured_outputs" if req.structured_outputs is not None else "response_format", stop,
+                         req.show_reasoning())
 
     @staticmethod
     def _check_logprobs(req) -> int | None:
@@ -355,17 +378,36 @@ class Service:
             out[int(key)] = float(value)
         return out
 
+    def _template_kwargs(self, req: ChatCompletionRequest) -> dict:
+        """`chat_template_kwargs`, checked: the template's own variables, none of the arguments
+        the server sets itself."""
+        kw = dict(req.chat_template_kwargs or {})
+        for key in kw:
+            if key in RESERVED_TEMPLATE_ARGS:
+                raise BadRequest(f"chat_template_kwargs may not set {key!r} (the server sets it)",
+                                 f"chat_template_kwargs.{key}")
+        if "enable_thinking" in kw and not isinstance(kw["enable_thinking"], bool):
+            raise BadRequest("chat_template_kwargs.enable_thinking must be true or false",
+                             "chat_template_kwargs.enable_thinking")
+        return kw
+
     def _chat_prompt(self, req: ChatCompletionRequest):
+        kwargs = self._template_kwargs(req)
+
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             msgs = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
             if adapter is not None and adapter.manifest.control.kind != "none":
                 last = max(i for i, m in enumerate(msgs) if m["role"] == "user") if any(
                     m["role"] == "user" for m in msgs) else len(msgs) - 1
-                msgs[last]["content"] = adapter.manifest.control.apply(msgs[last]["content"], decision.effort)
+                msgs[last]["content"] = adapter.manifest.control.apply(msgs[last]["content"], decision.control_effort)
+            kw = dict(kwargs)
+            if decision.thinking_budget == 0 and self.template_switch and "enable_thinking" not in kw:
+                kw["enable_thinking"] = False  # the template's own no-think mode
             try:
-                text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                text = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **kw)
             except Exception as e:
-                raise BadRequest(f"messages cannot be rendered with the model's chat template: {e}", "messages") from None
+                param = "chat_template_kwargs" if kwargs else "messages"
+                raise BadRequest(f"messages cannot be rendered with the model's chat template: {e}", param) from None
             return self.tokenizer.encode(text, add_special_tokens=False)
         return build
 
@@ -380,7 +422,7 @@ class Service:
         in_think = text.rfind(s) > text.rfind(e)
 
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
-            body = adapter.manifest.control.apply(text, decision.effort) if adapter is not None else text
+            body = adapter.manifest.control.apply(text, decision.control_effort) if adapter is not None else text
             return self.tokenizer.encode(body, add_special_tokens=False)
         return build, in_think, text
 
@@ -469,8 +511,15 @@ class Service:
                       completion_tokens_details=CompletionTokensDetails(
                           reasoning_tokens=sum(s.reasoning_tokens for s in splits)))
         d = p.decision
+        reasoning = [s.reasoning_tokens for s in splits]
+        fraction = None
+        if d.full_effort_tokens:
+            fraction = round(sum(reasoning) / len(reasoning) / d.full_effort_tokens, 4)
         report = EffortReport(requested=d.requested, applied=d.effort, adapter=d.adapter, thinking_budget=budget,
-                              budget_hit=any(hits), route=d.route, predicted=d.predicted, reason=d.reason)
+                              budget_hit=any(hits), route=d.route, predicted=d.predicted, reason=d.reason,
+                              choice=d.choice, spend=d.spend,
+                              full_effort_tokens=None if d.full_effort_tokens is None else round(d.full_effort_tokens, 1),
+                              realised_fraction=fraction)
         self.metrics.observe(endpoint, d, d.adapter or "base", [c.finish_reason for c in choices.values()],
                              len(p.prompt_ids), [s.reasoning_tokens for s in splits],
                              [s.answer_tokens for s in splits], hits, time.perf_counter() - p.t0, ttft, completion)
@@ -481,7 +530,7 @@ class Service:
         """Online correction: a natural (not budget-cut, closed) full-effort length goes into the
         history, for the next time this prompt comes to this model."""
         d = p.decision
-        if self.history is None or d.predicted is None or (d.control is not None and d.effort < 1):
+        if self.history is None or d.predicted is None or "@" in d.choice:  # only a model at its full length
             return
         natural = [s.reasoning_tokens for s, h in zip(splits, hits) if s.closed and not h]
         if natural:
@@ -519,11 +568,12 @@ class Service:
         usage, report = self._account("chat", p, choices, ttft)
         out = []
         for i, c in choices.items():
-            thought = split_ids(c.ids, self.markers, p.in_think).started
+            shown = p.show_reasoning and split_ids(c.ids, self.markers, p.in_think).started
+            lp_r = c.lp_reasoning if p.show_reasoning else []
             out.append(ChatChoice(index=i, finish_reason=c.finish_reason, message=ResponseMessage(
-                content=c.answer, reasoning=c.reasoning if thought else None,
-                reasoning_content=c.reasoning if thought else None),
-                logprobs=None if p.logprobs is None else ChatLogprobs(**chat_logprobs(c.lp_reasoning, c.lp_answer))))
+                content=c.answer, reasoning=c.reasoning if shown else None,
+                reasoning_content=c.reasoning if shown else None),
+                logprobs=None if p.logprobs is None else ChatLogprobs(**chat_logprobs(lp_r, c.lp_answer))))
         return ChatCompletion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _pieces(self, p: _Prepared, choices: dict[int, _Choice], timing: dict):
@@ -591,6 +641,8 @@ class Service:
         for i in choices:
             yield w.chat(i, role="assistant", content="")
         async for i, r, a, finish, lp in self._pieces(p, choices, timing):
+            if not p.show_reasoning:
+                r, lp = "", None if lp is None else ([], lp[1])
             lp_json = chat_logprobs(*lp) if lp is not None and (lp[0] or lp[1]) else None
             if r or a or lp_json:
                 yield w.chat(i, content=a or None, reasoning=r or None, logprobs=lp_json)
@@ -619,10 +671,10 @@ class Service:
         usage, report = self._account("completions", p, choices, ttft)
         out = []
         for i, c in choices.items():
-            thought = in_think or split_ids(c.ids, self.markers, p.in_think).started
+            shown = p.show_reasoning and (in_think or split_ids(c.ids, self.markers, p.in_think).started)
             out.append(CompletionChoice(index=i, text=prefix + c.answer, finish_reason=c.finish_reason,
-                                        reasoning=c.reasoning if thought else None,
-                                        reasoning_content=c.reasoning if thought else None,
+                                        reasoning=c.reasoning if shown else None,
+                                        reasoning_content=c.reasoning if shown else None,
                                         logprobs=None if p.logprobs is None else CompletionLogprobs(
                                             **completion_logprobs(c.lp_answer, len(prefix), p.logprobs))))
         return Completion(model=p.model_name, choices=out, usage=usage, effort=report)
@@ -643,6 +695,7 @@ class Service:
             if lp is not None and lp[1]:
                 lp_json = completion_logprobs(lp[1], offsets[i], p.logprobs)
                 offsets[i] += sum(len(e.token) for e in lp[1])
+            r = r if p.show_reasoning else ""
             if r or a or finish or lp_json:
                 yield w.completion(i, a, r or None, finish, lp_json)
         usage, report = self._account("completions", p, choices, timing.get("ttft"))

@@ -17,12 +17,13 @@ EFFORT = [sys.executable, "-m", "server.cli"]
 @pytest.mark.parametrize("text,expected", [
     ("full", Setting("full")), ("none", Setting("none")),
     ("budget:16", Setting("budget", 16.0)), ("frac:0.25", Setting("frac", 0.25)), ("effort:0.5", Setting("effort", 0.5)),
+    ("route:0.25", Setting("route", 0.25)), ("control:1", Setting("control", 1.0)),
 ])
 def test_setting_parse(text, expected):
     assert Setting.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["budget:-1", "budget:2.5", "frac:1.5", "turbo", "budget:", "frac:x", "effort:2", "effort:"])
+@pytest.mark.parametrize("text", ["budget:-1", "budget:2.5", "frac:1.5", "turbo", "budget:", "frac:x", "effort:2", "effort:", "route:1.5", "route:"])
 def test_setting_parse_rejects(text):
     with pytest.raises(ValueError):
         Setting.parse(text)
@@ -45,6 +46,26 @@ def test_run_eval_writes_three_outputs(evaluator, tmp_path):
     md = (out / "results.md").read_text()
     assert "| base | frac:0.5 | hard |" in md and "tokens / correct" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_eval_effort_is_what_the_server_does(evaluator, client, tmp_path):
+    """`effort:E` in the evaluator and a request with effort E on the live server choose the same
+    option with the same budget for every prompt, and think the same number of tokens. Each
+    prompt is asked once (the server's history would correct a repeat's predicted length)."""
+    from training.tasks import DigitsTask
+
+    probs = DigitsTask().problems("test", 16, seed=77)
+    for e, group in ((0.25, probs[:8]), (0.5, probs[8:])):
+        cfg = EvalConfig(n=16, seed=77, adapters="base,dler,dler-da,dler-merged,e1", settings=f"base@effort:{e}",
+                         out=str(tmp_path / f"e{e}"))
+        rows = {r["id"]: r for r in run_eval(cfg, evaluator=evaluator)["results"]}
+        for p in group:
+            r = client.chat.completions.create(model="effort-tiny", messages=[{"role": "user", "content": p.question}],
+                                               temperature=0, max_tokens=512, extra_body={"effort": e})
+            rep, row = r.model_extra["effort"], rows[p.id]
+            assert (rep["choice"], rep["thinking_budget"], rep["spend"]) == (row["choice"], row["budget"], row["spend"])
+            assert r.usage.completion_tokens_details.reasoning_tokens == row["reasoning_tokens"], (p.question, rep)
 
 
 @pytest.mark.slow

@@ -51,7 +51,13 @@ def gateway(vllm_upstream, model_dir, tmp_path_factory):
 
 
 def chat(url, question, stream=False, **extra):
-    body = {"model": extra.pop("model", MODEL), "messages": [{"role": "user", "content": question}],
+    """A chat request; on the base's name to the base alone unless `adapters` says otherwise (the
+    gateway serves only `dler`, the in-process server every shipped adapter: the policy may answer
+    the same request with a different adapter on each)."""
+    model = extra.pop("model", MODEL)
+    if model == MODEL:
+        extra.setdefault("adapters", "none")
+    body = {"model": model, "messages": [{"role": "user", "content": question}],
             "temperature": 0, "max_tokens": 256, **extra}
     if not stream:
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)

@@ -37,7 +37,7 @@ def make_records(path: Path, seed: int, n: int = 160) -> Path:
         base_len = 6 * k + rng.randint(-2, 2)
         for adapter, setting, toks, ok in (
                 (BASE, "full", base_len, True),
-                (BASE, "effort:0.5", min(base_len, 3 * k + 1), k <= 6),
+                (BASE, "route:0.5", min(base_len, 3 * k + 1), k <= 6),
                 (BASE, "none", 0, k <= 2),
                 ("fast", "full", 2 * k + rng.randint(0, 1), True)):
             rows.append(dict(id=q, question=q, adapter=adapter, setting=setting, reasoning_tokens=toks, correct=ok))
@@ -176,7 +176,7 @@ def test_auto_budget_is_effort_times_predicted_length(router):
     d = pol.decide(model=None, effort="auto", max_tokens=512, prompt=SHORT)
     assert d.effort == 0.5, d
     full = router.score(SHORT).full_length[BASE]
-    assert d.thinking_budget == max(8, int(np.ceil(0.5 * full * 1.2)))
+    assert d.thinking_budget == max(16, int(np.ceil(0.5 * full * 1.2)))
 
 
 def test_numeric_effort_uses_predicted_length(router):
@@ -184,9 +184,27 @@ def test_numeric_effort_uses_predicted_length(router):
     short = pol.decide(model=None, effort=0.5, prompt=SHORT)
     long_ = pol.decide(model=None, effort=0.5, prompt=LONG)
     assert short.route == "fixed" and short.predicted["source"] == "router"
-    assert short.thinking_budget < long_.thinking_budget
+    assert short.spend < long_.spend and short.full_effort_tokens < long_.full_effort_tokens
     # without a prompt (no router input) the manifest's length applies: ceil(0.5 x 100 x 1.2)
-    assert pol.decide(model=None, effort=0.5).thinking_budget == 60
+    assert pol.decide(model=None, effort=0.5).spend == 60
+
+
+@pytest.mark.parametrize("kw,check", [
+    # `fast` (a third of the base's tokens, always right) fits half the base's spend: it answers
+    (dict(effort=0.5), lambda d: d.choice == "fast" and d.thinking_budget >= 2 * d.predicted["tokens"]),
+    (dict(effort=1.0), lambda d: d.choice == "fast" and d.thinking_budget is None),  # tied, fewer tokens
+    # pinned to the base: plain budget forcing at the spend, or no thinking where that is as good
+    (dict(effort=0.5, rules='[[1, "base"]]'), lambda d: d.adapter is None and d.choice in ("base@budget", "base@none")),
+    (dict(effort=0), lambda d: d.choice == "base@none" and d.thinking_budget == 0),
+    (dict(effort=0.5, model="fast"), lambda d: d.choice == "fast"),
+    (dict(effort=0.5, adapters="none"), lambda d: d.adapter is None),
+    (dict(effort="auto", adapters="none"), lambda d: d.adapter is None and d.route == "auto"),
+], ids=["half", "full", "pinned-base", "none", "named", "adapters-none", "auto-adapters-none"])
+def test_numeric_effort_picks_the_most_accurate_option_that_fits(router, kw, check):
+    rules = kw.pop("rules", "")
+    d = _policy(router, ("fast",), effort_adapters=rules).decide(model=kw.pop("model", None), prompt=LONG, **kw)
+    assert check(d), d
+    assert d.predicted["source"] == "router" and (d.spend is not None) == (d.route == "fixed")
 
 
 def test_auto_without_router_or_route_is_400(router):
@@ -201,10 +219,11 @@ def test_auto_without_router_or_route_is_400(router):
 
 def test_history_corrects_repeated_prompts(router):
     pol = _policy(router, ())
-    before = pol.decide(model=None, effort=0.5, prompt=SHORT).thinking_budget
+    before = pol.decide(model=None, effort=0.5, prompt=SHORT).spend
     pol.history.record(BASE, SHORT, 200.0)
     after = pol.decide(model=None, effort=0.5, prompt=SHORT)
-    assert after.predicted["source"] == "history" and after.thinking_budget == 120 != before
+    assert after.predicted["source"] == "history" and after.full_effort_tokens == 200
+    assert after.spend == 120 != before  # ceil(0.5 x 200 x 1.2)
 
 
 def test_history_is_bounded_lru():

@@ -10,7 +10,7 @@ MODEL = "effort-tiny"
 
 
 def ask(client, question, **kw):
-    extra = {k: kw.pop(k) for k in ("effort", "thinking_token_budget", "reasoning_effort") if k in kw}
+    extra = {k: kw.pop(k) for k in ("effort", "thinking_token_budget", "reasoning_effort", "adapters") if k in kw}
     extra.update(kw.pop("extra_body", {}))
     return client.chat.completions.create(
         model=kw.pop("model", MODEL), messages=[{"role": "user", "content": question}],
@@ -36,13 +36,56 @@ def test_models_lists_base_and_adapters(client):
     assert e.value.body["code"] == "model_not_found"
 
 
-def test_effort_levels_are_monotonic(client, prompts):
-    means = {}
-    for level in ("low", "medium", "high"):
-        rs = [ask(client, p.question, effort=level) for p in prompts]
-        means[level] = sum(map(reasoning_tokens, rs)) / len(rs)
-        assert all(r.model_extra["effort"]["applied"] == {"low": 0.25, "medium": 0.5, "high": 1.0}[level] for r in rs)
-    assert means["low"] < means["medium"] < means["high"], means
+def correct(r, p) -> bool:
+    return DigitsTask().grade(r.choices[0].message.content, p)
+
+
+@pytest.fixture(scope="module")
+def by_effort(client):
+    """A seeded set of held-out prompts at every effort, on the base model's name (the policy may
+    answer with any adapter) and on a named adapter."""
+    probs = DigitsTask().problems("test", 30, seed=31)
+    out = {}
+    for model in (MODEL, "dler"):
+        for e in (0, 0.1, 0.25, 0.5, 0.75, 1.0):
+            out[model, e] = [(p, ask(client, p.question, effort=e, model=model)) for p in probs]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [MODEL, "dler"])
+def test_accuracy_never_falls_as_effort_rises(by_effort, model):
+    efforts = (0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    acc = [sum(correct(r, p) for p, r in by_effort[model, e]) / len(by_effort[model, e]) for e in efforts]
+    assert all(b >= a for a, b in zip(acc, acc[1:])), dict(zip(efforts, acc))
+    assert acc[0] < 0.5 and acc[-1] >= 0.95, acc  # no thinking is near chance; full effort is right
+
+
+@pytest.mark.slow
+def test_effort_spends_about_its_share_of_the_base(by_effort):
+    """Each response reports the spend, the option chosen and the realised fraction of the base's
+    predicted full length; reasoning stays within the thinking budget; the mean over the set is
+    at most about effort x slack of the base's full length."""
+    for e in (0.25, 0.5, 0.75, 1.0):
+        rows = by_effort[MODEL, e]
+        reps = [r.model_extra["effort"] for _, r in rows]
+        for (_, r), rep in zip(rows, reps):
+            n = reasoning_tokens(r)
+            assert rep["applied"] == e and rep["choice"] and rep["spend"] >= 16, rep
+            assert rep["realised_fraction"] == pytest.approx(n / rep["full_effort_tokens"], rel=0.01)
+            assert rep["thinking_budget"] is None or n <= rep["thinking_budget"]
+        spent = sum(reasoning_tokens(r) for _, r in rows)
+        assert spent <= 1.25 * e * sum(rep["full_effort_tokens"] for rep in reps), (e, spent)
+
+
+def test_named_levels_equal_their_numbers(client, prompts):
+    for name, number in (("low", 0.25), ("medium", 0.5), ("high", 1.0), ("minimal", 0.1)):
+        for p in prompts[:3]:
+            a, b = ask(client, p.question, effort=name), ask(client, p.question, effort=number)
+            ra, rb = a.model_extra["effort"], b.model_extra["effort"]
+            assert ra["applied"] == number and ra["requested"] == name
+            assert (ra["choice"], ra["thinking_budget"], a.choices[0].message.content) == \
+                (rb["choice"], rb["thinking_budget"], b.choices[0].message.content)
 
 
 @pytest.mark.parametrize("k", [0, 3, 10])
@@ -73,7 +116,7 @@ def test_small_max_tokens_still_answers(client, prompts):
 
 def test_usage_matches_returned_texts(client, prompts, tokenizer):
     for p in prompts[:5]:
-        r = ask(client, p.question, effort="medium")
+        r = ask(client, p.question, effort="medium", adapters="none")
         m = r.choices[0].message
         n_reason = len(tokenizer.encode(m.reasoning, add_special_tokens=False))
         n_answer = len(tokenizer.encode(m.content, add_special_tokens=False))
@@ -184,17 +227,17 @@ def test_sampling_fields_are_honoured(client, prompts, tokenizer):
     check = tokenizer.encode(" check", add_special_tokens=False)
     assert len(check) == 1
     q = _rechecked(prompts)
-    plain = ask(client, q)
+    plain = ask(client, q, adapters="none")
     assert " check" in plain.choices[0].message.reasoning
-    banned = ask(client, q, logit_bias={str(check[0]): -100})  # the base's re-check pass can no longer start
+    banned = ask(client, q, adapters="none", logit_bias={str(check[0]): -100})  # the base's re-check pass can no longer start
     assert " check" not in banned.choices[0].message.reasoning and reasoning_tokens(banned) < reasoning_tokens(plain)
-    penalised = ask(client, q, presence_penalty=2.0, frequency_penalty=2.0)
+    penalised = ask(client, q, adapters="none", presence_penalty=2.0, frequency_penalty=2.0)
     assert penalised.choices[0].message.reasoning != plain.choices[0].message.reasoning
-    top1 = ask(client, q, temperature=1.0, seed=3, extra_body={"top_k": 1})  # top_k 1 at temperature 1 is greedy
+    top1 = ask(client, q, adapters="none", temperature=1.0, seed=3, extra_body={"top_k": 1})  # top_k 1 at temperature 1 is greedy
     assert top1.choices[0].message.reasoning == plain.choices[0].message.reasoning
-    wide = ask(client, q, extra_body={"top_k": 10 ** 20})  # more than the vocabulary: no top-k (not an error)
+    wide = ask(client, q, adapters="none", extra_body={"top_k": 10 ** 20})  # more than the vocabulary: no top-k (not an error)
     assert wide.choices[0].message.reasoning == plain.choices[0].message.reasoning
-    long = ask(client, q, reasoning_effort="none", max_tokens=40, extra_body={"min_tokens": 30})
+    long = ask(client, q, adapters="none", reasoning_effort="none", max_tokens=40, extra_body={"min_tokens": 30})
     assert long.usage.completion_tokens >= 30
 
 
@@ -225,15 +268,15 @@ def test_stop_strings_apply_to_the_answer(client, prompts, tokenizer):
     there (and the engine request: fewer tokens), streamed or not; usage counts the tokens up to
     the one that completes the stop string, however far the engine ran ahead of the stream."""
     q = _rechecked(prompts, 1)
-    free = ask(client, q)
+    free = ask(client, q, adapters="none")
     assert " check" in free.choices[0].message.reasoning and free.choices[0].message.content.startswith("\\boxed{")
-    kept = ask(client, q, stop=[" check"])
+    kept = ask(client, q, adapters="none", stop=[" check"])
     assert (kept.choices[0].message.reasoning, kept.choices[0].message.content) == (
         free.choices[0].message.reasoning, free.choices[0].message.content)
-    cut = ask(client, q, stop=["{", "never"])
+    cut = ask(client, q, adapters="none", stop=["{", "never"])
     assert cut.choices[0].message.content == "\\boxed" and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens < free.usage.completion_tokens
-    chunks = list(ask(client, q, stop="{", stream=True, stream_options={"include_usage": True}))
+    chunks = list(ask(client, q, adapters="none", stop="{", stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "\\boxed"
     # <think> + reasoning + </think> + the answer's tokens through the stop string's "{"
     want = reasoning_tokens(cut) + 2 + len(tokenizer.encode("\\boxed{", add_special_tokens=False))
@@ -244,7 +287,8 @@ def test_stop_strings_apply_to_the_answer(client, prompts, tokenizer):
 DOCUMENTED = ["effort_requests_total", "effort_e2e_request_latency_seconds", "effort_time_to_first_token_seconds",
               "effort_time_per_output_token_seconds", "effort_prompt_tokens", "effort_reasoning_tokens",
               "effort_answer_tokens", "effort_thinking_budget_tokens", "effort_budget_hits_total",
-              "effort_tokens_saved_total", "effort_request_errors_total"]
+              "effort_tokens_saved_total", "effort_request_errors_total", "effort_spend_tokens",
+              "effort_realised_fraction", "effort_route_choices_total"]
 
 
 def _scrape(server):
@@ -280,7 +324,20 @@ LONG = "a1 " * 2000
     ({"effort": 1.5}, 400, "effort"),
     ({"effort": "turbo"}, 400, "effort"),
     ({"effort": "auto", "model": "noisy"}, 400, "effort"),
-    ({"reasoning_effort": "max"}, 400, "reasoning_effort"),
+    ({"reasoning_effort": "turbo"}, 400, "reasoning_effort"),
+    ({"reasoning": {"effort": "turbo"}}, 400, "reasoning.effort"),
+    ({"reasoning": "high"}, 400, "reasoning"),
+    ({"reasoning": {"max_tokens": -1}}, 400, "reasoning.max_tokens"),
+    ({"reasoning": {"enabled": "yes"}}, 400, "reasoning.enabled"),
+    ({"reasoning": {"enabled": False}, "effort": 0.5}, 400, "reasoning.enabled"),
+    ({"include_reasoning": "no"}, 400, "include_reasoning"),
+    ({"chat_template_kwargs": 5}, 400, "chat_template_kwargs"),
+    ({"chat_template_kwargs": {"tokenize": True}}, 400, "chat_template_kwargs.tokenize"),
+    ({"chat_template_kwargs": {"enable_thinking": "no"}}, 400, "chat_template_kwargs.enable_thinking"),
+    ({"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "high"}, 400,
+     "chat_template_kwargs.enable_thinking"),
+    ({"adapters": "some"}, 400, "adapters"),
+    ({"adapters": "none", "model": "noisy"}, 400, "adapters"),
     ({"thinking_token_budget": -1}, 400, "thinking_token_budget"),
     ({"model": "ghost"}, 404, "model"),
     ({"model": "../noisy"}, 404, "model"),
@@ -307,7 +364,10 @@ LONG = "a1 " * 2000
     ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, 400, "structured_outputs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     ({"structured_outputs": {"json": {"type": "object", "maxProperties": 10 ** 30}}}, 400, "structured_outputs"),
-], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "negative-budget", "unknown-model",
+], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "openrouter-effort-bad",
+        "openrouter-not-object", "openrouter-negative-budget", "openrouter-enabled-type", "openrouter-conflict",
+        "include-reasoning-type", "template-kwargs-type", "template-kwargs-reserved", "enable-thinking-type",
+        "enable-thinking-conflict", "adapters-value", "adapters-conflict", "negative-budget", "unknown-model",
         "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
         "negative-temperature", "n-greedy", "presence-penalty-range", "logit-bias-key", "logit-bias-vocab",
         "logit-bias-value", "top-logprobs-alone", "top-logprobs-range", "repetition-penalty-zero", "min-tokens-over-max",

@@ -13,9 +13,13 @@ Settings (``--settings``, comma-separated), each applied to every adapter:
 - ``budget:K``: vLLM ``thinking_token_budget`` = K;
 - ``frac:F``: budget = ceil(F × this prompt's own full-effort reasoning length, measured with the
   same adapter in this run) — budget forcing at a fraction of natural length;
-- ``effort:E``: exactly what the server does for a request with effort E on that model: the
-  server's `Policy` decides (budget from the router's per-prompt predicted length when a router is
-  loaded, else the manifest's; the effort written into the prompt of an adapter with a control);
+- ``effort:E``: exactly what the server does for a request with effort E: the server's `Policy`
+  chooses the option per prompt (model, control, budget). On ``base`` (the base model's name) it
+  may choose any adapter (reported as adapter ``server``), on an adapter only that adapter's own
+  options (reported under its name);
+- ``route:E``: one model alone at effort E of *its own* predicted full length, as a router route
+  runs (a budget ``ceil(E × L̂ × slack)`` for a model without a control — plain budget forcing —
+  or the control value E for e1); the router is fitted from these;
 - ``control:E``: only the control — effort E written into the prompt of an adapter with an effort
   control (e1), no budget; skipped for adapters without one (= ``full``);
 - ``auto``: the server's `effort: "auto"`: the router picks the route (adapter, effort, budget)
@@ -53,15 +57,16 @@ class Setting:
         if text in ("full", "none", "auto"):
             return cls(text)
         kind, _, val = text.partition(":")
-        if kind not in ("budget", "frac", "effort", "control") or not val:
-            raise ValueError(f"unknown setting {text!r}: use full, none, auto, budget:K, frac:F, effort:E or control:E")
+        if kind not in ("budget", "frac", "effort", "route", "control") or not val:
+            raise ValueError(f"unknown setting {text!r}: use full, none, auto, budget:K, frac:F, effort:E, route:E "
+                             "or control:E")
         try:
             v = float(val)
         except ValueError:
             raise ValueError(f"setting {text!r}: {val!r} is not a number") from None
         if kind == "budget" and (v < 0 or v != int(v)):
             raise ValueError(f"setting {text!r}: a thinking budget must be an integer >= 0")
-        if kind in ("frac", "effort", "control") and not 0 <= v <= 1:
+        if kind in ("frac", "effort", "route", "control") and not 0 <= v <= 1:
             raise ValueError(f"setting {text!r}: a fraction must be in [0, 1]")
         return cls(kind, v)
 
@@ -71,8 +76,8 @@ class EvalConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     adapters: str = field(default="base", metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"})
     adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
-    settings: str = field(default="full", metadata={"help": "comma list of full, none, auto, budget:K, frac:F, effort:E, control:E; ADAPTER@SETTING applies a setting to one adapter only"})
-    router: str = field(default="", metadata={"help": "router folder for auto and effort:E budgets (default: <adapter-dir>/router when present; 'none': no router)"})
+    settings: str = field(default="full", metadata={"help": "comma list of full, none, auto, budget:K, frac:F, effort:E, route:E, control:E; ADAPTER@SETTING applies a setting to one adapter only"})
+    router: str = field(default="", metadata={"help": "router folder for auto, effort:E and route:E (default: <adapter-dir>/router when present; 'none': no router)"})
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
     split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
     n: int = field(default=500, metadata={"help": "number of prompts"})
@@ -145,6 +150,16 @@ class Evaluator:
         self.tokenizer = self.llm.get_tokenizer()
         self.markers = Markers.from_tokenizer(self.tokenizer, *self.think)
 
+    def _lora_id(self, adapter) -> int:
+        """vLLM's integer id for an adapter's weights in this engine. vLLM caches a LoRA by that id
+        for the engine's life, so it is unique per folder and file version here: adapters of
+        different registries (each numbering from 1) and a folder rewritten in place never share
+        one, which would run the first-loaded weights."""
+        f = Path(adapter.path) / "adapter_model.safetensors"
+        key = (str(Path(adapter.path).resolve()), f.stat().st_mtime_ns if f.exists() else 0)
+        ids = self.__dict__.setdefault("_lora_ids", {})
+        return ids.setdefault(key, len(ids) + 1)
+
     def prompt_ids(self, question: str, manifest=None, effort: float = 1.0) -> list[int]:
         """The chat prompt; an adapter with an effort control gets `effort` written in."""
         content = manifest.control.apply(question, effort) if manifest is not None else question
@@ -170,7 +185,7 @@ class Evaluator:
 
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest(adapter.name, adapter.lora_id, str(adapter.path)) if adapter else None
+        lora = LoRARequest(adapter.name, self._lora_id(adapter), str(adapter.path)) if adapter else None
         manifest = adapter.manifest if adapter else None
         prompts, params = [], []
         efforts = effort if isinstance(effort, list) else [effort] * len(problems)
@@ -284,18 +299,21 @@ def eval_policy(cfg: EvalConfig, resolved: dict):
     if router is None and any(s.kind == "auto" for _, s in cfg.parsed_settings):
         raise ValueError("setting auto needs a router: fit one with `effort router fit` and pass --router")
     try:
-        full = ModelManifest.read(cfg.model or default_model()).default_full_effort_tokens
+        manifest = ModelManifest.read(cfg.model or default_model())
     except Exception:
-        full = 512
+        manifest = None
     from server.policy import Policy
 
-    return Policy(ServerSettings(), adapters, "base", full, router)
+    full = manifest.default_full_effort_tokens if manifest is not None else 512
+    return Policy(ServerSettings(), adapters, "base", full, router, base_manifest=manifest)
 
 
-def eval_auto(ev: Evaluator, policy, problems, task, name: str | None, kw: dict) -> list[dict]:
-    """`effort: "auto"` as the server runs it: route per prompt, then generate each route's
-    prompts with its adapter, budgets and efforts. `name`: restrict to that adapter."""
-    decisions = [policy.decide(model=name, effort="auto", max_tokens=kw["max_tokens"],
+def eval_decided(ev: Evaluator, policy, problems, task, name: str | None, effort, label: str,
+                 kw: dict) -> list[dict]:
+    """A request with `effort` (a number or "auto") as the server runs it: the policy decides per
+    prompt, then each chosen adapter's prompts are generated with their budgets and controls.
+    `name`: the adapter the request names (None: the base's name, any adapter)."""
+    decisions = [policy.decide(model=name, effort=effort, max_tokens=kw["max_tokens"],
                                prompt=p.question) for p in problems]
     by_adapter: dict[str | None, list[int]] = {}
     for i, d in enumerate(decisions):
@@ -304,15 +322,16 @@ def eval_auto(ev: Evaluator, policy, problems, task, name: str | None, kw: dict)
     for adapter_name, idx in by_adapter.items():
         adapter = policy.adapters[adapter_name] if adapter_name else None
         out = ev.generate([problems[i] for i in idx], task, adapter, [decisions[i].thinking_budget for i in idx],
-                          effort=[decisions[i].effort for i in idx], **kw)
+                          effort=[decisions[i].control_effort for i in idx], **kw)
         per = len(out) // len(idx)
         for j, i in enumerate(idx):
             d = decisions[i]
             rows[i] = out[j * per:(j + 1) * per]
             for r in rows[i]:
-                r.update(adapter="auto" if name is None else f"auto@{name}", setting="auto",
-                         route=d.predicted["route"], predicted_tokens=d.predicted["tokens"],
-                         predicted_full=d.predicted["full_effort_tokens"])
+                r.update(adapter=label, setting="auto" if effort == "auto" else f"effort:{effort:g}",
+                         route=d.predicted["route"], choice=d.choice, spend=d.spend,
+                         predicted_tokens=d.predicted["tokens"], predicted_full=d.predicted["full_effort_tokens"],
+                         base_full=d.full_effort_tokens)
     return [r for rs in rows for r in rs]
 
 
@@ -338,18 +357,21 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
             effort: float | list[float] = 1.0
             if s.kind == "control" and (adapter is None or adapter.manifest.control.kind == "none"):
                 continue  # no effort control: the same as `full`
-            if s.kind == "auto":
-                key = ("auto" if adapter is None else f"auto@{name}", "auto")
-                groups[key] = eval_auto(ev, policy, problems, task, adapter.name if adapter else None, kw)
+            if s.kind in ("auto", "effort"):
+                value = "auto" if s.kind == "auto" else float(s.value)
+                label = ("auto" if adapter is None else f"auto@{name}") if s.kind == "auto" else \
+                    ("server" if adapter is None else name)
+                groups[(label, s.label)] = eval_decided(ev, policy, problems, task, adapter.name if adapter else None,
+                                                        value, label, kw)
                 continue
             if s.kind == "full":
                 budgets = [None] * len(problems)
             elif s.kind == "control":
                 budgets, effort = [None] * len(problems), float(s.value)
-            elif s.kind == "effort":
-                ds = [policy.decide(model=None if adapter is None else adapter.name, effort=float(s.value),
-                                    max_tokens=cfg.max_tokens, prompt=p.question) for p in problems]
-                budgets, effort = [d.thinking_budget for d in ds], [d.effort for d in ds]
+            elif s.kind == "route":
+                ds = [policy.decide_route(None if adapter is None else adapter.name, float(s.value),
+                                          max_tokens=cfg.max_tokens, prompt=p.question) for p in problems]
+                budgets, effort = [d.thinking_budget for d in ds], [d.control_effort for d in ds]
             elif s.kind == "none":
                 budgets = [0] * len(problems)
             elif s.kind == "budget":

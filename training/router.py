@@ -3,7 +3,7 @@
 Records are what the project already writes:
 - ``effort eval`` JSON (``results.json``): a row per prompt × adapter × setting. ``full`` rows
   give each model's full-effort length (the length heads) and the route (model, 1.0);
-  ``effort:E`` rows the route (model, E) — as the server runs it, so fit them from an eval made
+  ``route:E`` rows the route (model, E) — as the server runs it, so fit them from an eval made
   with the server's policy (``effort eval --router``, see the Makefile's ``router`` target);
   ``none`` rows the route (model, 0). Other settings are ignored.
 - training rollouts (``rollouts.jsonl.gz`` next to an adapter): full-effort lengths of the
@@ -93,7 +93,7 @@ def _route_of(setting: str) -> float | None:
     if setting == "none":
         return 0.0
     kind, _, v = setting.partition(":")
-    if kind == "effort":
+    if kind == "route":
         return float(v)
     return None
 
@@ -206,6 +206,14 @@ def logistic(z: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) ->
 
 
 # -- fit ----------------------------------------------------------------------------------------
+def smear(y: np.ndarray, pred: np.ndarray) -> float:
+    """The factor that makes predictions of log1p(tokens) unbiased in tokens (Duan's smearing,
+    on out-of-fold predictions): mean measured tokens / mean predicted. A log-space fit predicts
+    a geometric-mean-like length, low wherever lengths come in a few paths (e1's mixed controls)."""
+    predicted = float(np.mean(np.expm1(np.maximum(pred, 0.0))))
+    return round(float(np.mean(np.expm1(y))) / predicted, 4) if predicted > 0 else 1.0
+
+
 def fit_router(cfg: RouterFitConfig, log=print) -> Router:
     t0 = time.time()
     rec = load_records(cfg.records)
@@ -220,7 +228,7 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
 
     full_src = {**{m: d for m, d in rec.rollout_full.items()}, **{m: d for m, d in rec.full.items()}}
     models = sorted(full_src, key=lambda m: (m != BASE, m))
-    length_w, length_b, quality, oof_z = [], [], {}, {}
+    length_w, length_b, quality, oof_z, length_scale = [], [], {}, {}, []
     for m in models:
         qs = sorted(full_src[m])
         idx = np.array([qi[q] for q in qs])
@@ -230,9 +238,11 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
         length_b.append(b)
         pred = ridge.oof(idx, y, cfg.folds, rng)
         oof_z[m] = dict(zip(qs, pred))
+        length_scale.append(smear(y, pred))
         quality[m] = {"n": len(qs), "source": "eval" if m in rec.full else "rollouts",
                       "spearman_oof": round(spearman(pred, y), 4),
-                      "mae_tokens_oof": round(float(np.mean(np.abs(np.expm1(pred) - np.expm1(y)))), 2)}
+                      "mae_tokens_oof": round(float(np.mean(np.abs(np.expm1(pred) - np.expm1(y)))), 2),
+                      "mean_tokens": round(float(np.mean(np.expm1(y))), 2)}
         log(f"length head {m}: n={len(qs)} out-of-fold Spearman {quality[m]['spearman_oof']:.3f}, "
             f"MAE {quality[m]['mae_tokens_oof']:.1f} tokens")
 
@@ -240,7 +250,7 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
     skipped = sorted({r.model for r in rec.routes} - set(full_src))
     if skipped:
         log(f"routes of {', '.join(skipped)} skipped: no full-effort records for their length head")
-    tokens_w, tokens_b, acc, route_q = [], [], [], {}
+    tokens_w, tokens_b, acc, route_q, tokens_scale = [], [], [], {}, []
     for r in routes:
         qs = sorted(rec.routes[r])
         idx = np.array([qi[q] for q in qs])
@@ -248,6 +258,7 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
         w, b = ridge.fit(idx, y)
         tokens_w.append(w)
         tokens_b.append(b)
+        tokens_scale.append(smear(y, ridge.oof(idx, y, cfg.folds, rng)) if y.max() > 0 else 1.0)
         z, c = [], []
         for q in qs:
             zq = oof_z[r.model].get(q)
@@ -260,7 +271,7 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
         acc.append((a, bb))
         route_q[r.label] = {"n": len(c), "accuracy": round(float(np.mean(c)), 4), "log_loss": round(loss, 4)}
     if not routes:
-        raise ValueError("the records hold no servable routes (eval settings full, none or effort:E)")
+        raise ValueError("the records hold no servable routes (eval settings full, none or route:E)")
     manifest = {
         "kind": "router", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fit": {"alpha": cfg.alpha, "folds": cfg.folds, "seed": cfg.seed, "dim": cfg.dim,
@@ -268,6 +279,8 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
         "data": {"sources": rec.sources, "questions": len(questions)},
         "quality": {"length": quality, "routes": route_q},
         "tolerance": cfg.tolerance,
+        "length_scale": dict(zip(models, length_scale)),
+        "tokens_scale": {r.label: v for r, v in zip(routes, tokens_scale)},
     }
     width = X.shape[1]
     as_mat = lambda ws: np.stack(ws, 1) if ws else np.zeros((width, 0))  # noqa: E731
