@@ -9,7 +9,7 @@ import pytest
 from training.tasks import DigitsTask
 
 MODEL = "effort-tiny"
-QWEN3 = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tokenizers" / "qwen3"
+QWEN3_TEMPLATE = Path(__file__).resolve().parent / "fixtures" / "qwen3_chat_template.jinja"
 
 
 def chat(client, question, stream=False, **extra):
@@ -74,8 +74,9 @@ def test_template_kwargs_reach_the_template(client, question):
 
 
 @pytest.fixture(scope="module")
-def qwen3_service():
-    """The server's prompt building (no engine) with Qwen3's real tokenizer and chat template."""
+def qwen3_service(model_dir):
+    """The server's prompt building (no engine) with Qwen3's real chat template (on the embedded
+    model's byte-level tokenizer: the rendered text round-trips)."""
     from transformers import AutoTokenizer
 
     from server.config import ServerSettings
@@ -83,7 +84,8 @@ def qwen3_service():
     from server.service import Service, _has_thinking_switch
 
     svc = Service(ServerSettings(router="none"), EngineSettings())
-    svc.tokenizer = AutoTokenizer.from_pretrained(QWEN3)
+    svc.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    svc.tokenizer.chat_template = QWEN3_TEMPLATE.read_text()
     svc.template_switch = _has_thinking_switch(svc.tokenizer)
     return svc
 
