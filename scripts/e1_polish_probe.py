@@ -21,12 +21,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server.engine import default_model
-from server.manifest import AdapterManifest, ModelManifest
-from server.reasoning import Markers
-from training.recipes.e1 import CONTROL, E1
-from training.rl import Context, RLConfig, load_problems
-from training.tasks import load_task
+from effort_server.server.engine import default_model
+from effort_server.contract.manifest import AdapterManifest, ModelManifest
+from effort_server.contract.markers import Markers
+from effort_server.training.recipes.e1 import CONTROL, E1
+from effort_server.training.rl import Context, RLConfig, load_problems
+from effort_server.training.tasks import load_task
 
 t0 = time.time()
 cfg = RLConfig()
@@ -45,7 +45,7 @@ if a.finish_only:
     if out.resolve() != Path(a.src).resolve():
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(a.src, out)
-    from training.evaluate import Evaluator
+    from effort_server.training.evaluate import Evaluator
     rec.evaluator = Evaluator(base)
 else:
     rec.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in rec._complete(problems, 0.0, 1)}  # as prepare() measures it

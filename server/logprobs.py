@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .reasoning import Markers
+from ..contract.markers import Markers
 
 FLOOR = -9999.0
 

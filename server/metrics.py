@@ -3,7 +3,7 @@
 Names start with ``effort_`` and carry their unit; labels are low-cardinality: effort bucket
 (none/low/medium/high/full), adapter (registered names only), route (fixed/auto), finish
 reason, endpoint, and the option the policy chose (a few per model: ``dler``, ``e1@control``,
-``base@budget``, ``base@none``). Token counts come from `server.reasoning`, the same numbers as `usage`.
+``base@budget``, ``base@none``). Token counts come from `effort_server.contract.markers`, the same numbers as `usage`.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ from typing import Any, Literal
 
 from .config import OPENAI_EFFORTS, ServerSettings
 from .errors import EffortError, ModelNotFound
-from .manifest import ModelManifest
+from ..contract.manifest import ModelManifest
 from .registry import Adapter
-from .router import BASE, History, Route, Router, choose
+from ..contract.scoring import BASE, Route, Router, choose
+from .routes import History
 from .routes import Option, Predictor
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import AdapterManifest, ManifestError
+from ..contract.manifest import AdapterManifest, ManifestError
 
 log = logging.getLogger("effort.registry")
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -4,28 +4,28 @@ An `Option` is one way to run a prompt: a model (the base or an adapter) at its 
 effort-controlled adapter (e1) at a control value written into its prompt, a model under a
 thinking budget (plain budget forcing), or no thinking. `Predictor.profile(model, …).options()`
 predicts, for one prompt, each option's reasoning tokens and accuracy:
-- from the difficulty router, per prompt, for the models it was fitted on (its length heads and
-  its route heads, a route being a model at a fraction of its own full length, or e1 at a
-  control);
-- otherwise from the manifests' measured means (accuracy and reasoning tokens at each measured
-  effort), scaled by the base model's predicted full length for the prompt.
+- from the difficulty router, per prompt, for the models it was fitted on (length and route heads);
+- otherwise from the manifests' measured means, scaled by the base's predicted full length.
 An effort-controlled adapter's tokens always come from its manifest's calibrated curve (its
 length is a set fraction of the full length by construction, its paths mixed by a hash of the
 prompt that no router can see), its accuracy from the router where it has one. Between measured
-control values an e1 is not interpolated (it lands on either trained path there); a cut is predicted at the
-accuracy measured for the nearest cut fraction at or below it (budget forcing is not monotone).
-An option that was never measured has ``p = None``. The policy (`server.policy`) chooses.
+control values an e1 is not interpolated; a cut is predicted at the accuracy measured for the
+nearest cut fraction at or below it. Unmeasured: ``p = None``. `History` keeps measured full
+lengths by prompt. The policy (`effort_server.server.policy`) chooses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
-from .manifest import ModelManifest
+from ..contract.manifest import ModelManifest
 from .registry import Adapter
-from .router import BASE, History, Router
+from ..contract.scoring import BASE, Router
 
 Kind = Literal["full", "control", "cut", "none"]
 
@@ -217,3 +217,38 @@ class Predictor:
             controls, cuts = {}, {e: score.p_correct[r] for e, r in inner.items()}
         none = score.p_correct[routes[0.0]] if 0.0 in routes else None
         return Profile(full_len, full, controls, cuts, none)
+
+
+def prompt_key(model: str, text: str) -> str:
+    return hashlib.blake2b(f"{model}\x00{text}".encode("utf-8", "replace"), digest_size=12).hexdigest()
+
+
+class History:
+    """Bounded LRU of measured full-effort reasoning lengths by (model, prompt): an exponential
+    moving average per key, at most `capacity` keys (the oldest-used goes first). Thread-safe."""
+
+    def __init__(self, capacity: int = 10000, alpha: float = 0.5):
+        self.capacity, self.alpha = max(0, int(capacity)), alpha
+        self._d: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, model: str, text: str) -> float | None:
+        k = prompt_key(model, text)
+        with self._lock:
+            v = self._d.get(k)
+            if v is not None:
+                self._d.move_to_end(k)
+            return v
+
+    def record(self, model: str, text: str, length: float) -> None:
+        if self.capacity == 0:
+            return
+        k = prompt_key(model, text)
+        with self._lock:
+            old = self._d.pop(k, None)
+            self._d[k] = float(length) if old is None else (1 - self.alpha) * old + self.alpha * float(length)
+            while len(self._d) > self.capacity:
+                self._d.popitem(last=False)

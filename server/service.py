@@ -21,16 +21,18 @@ from .engine import EngineSettings, default_adapter_dir, default_model, engine_k
 from .errors import BadRequest, ContextTooLong, EngineUnavailable, ModelNotFound
 from .limits import Admission, Timeout
 from .logprobs import TokenSplitter, chat_logprobs, completion_logprobs, from_engine
-from .manifest import ModelManifest
+from ..contract.manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
 from .policy import EffortDecision, Policy
 from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
                        ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
                        CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
                        ResponseMessage, SAMPLING_EXTRAS, Usage)
-from .reasoning import Markers, StopWatcher, StreamSplitter, split_ids, tokens_past
+from ..contract.markers import Markers, split_ids
+from .reasoning import StopWatcher, StreamSplitter, tokens_past
 from .registry import Adapter, scan
-from .router import BASE, History, Router, RouterError
+from ..contract.scoring import BASE, Router, RouterError
+from .routes import History
 
 log = logging.getLogger("effort.service")
 

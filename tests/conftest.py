@@ -29,14 +29,14 @@ def tokenizer(model_dir):
 @pytest.fixture(scope="session")
 def evaluator(model_dir):
     """The evaluator's offline vLLM engine (same settings as serving), started once."""
-    from training.evaluate import Evaluator
+    from effort_server.training.evaluate import Evaluator
 
     return Evaluator(str(model_dir))
 
 
 @pytest.fixture(scope="session")
 def task():
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     return DigitsTask()
 
@@ -47,7 +47,7 @@ def make_noisy_adapter(model_dir: Path, folder: Path, name: str = "noisy", seed:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from server.manifest import AdapterManifest
+    from effort_server.contract.manifest import AdapterManifest
 
     pm = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
                         LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -74,8 +74,8 @@ def adapter_dir(model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quick_adapters(model_dir, tmp_path_factory) -> Path:
     """`--quick` runs of every RL recipe (2 GRPO steps each), trained once per session."""
-    from training.recipes import RECIPES
-    from training.rl import RLConfig, train_recipe
+    from effort_server.training.recipes import RECIPES
+    from effort_server.training.rl import RLConfig, train_recipe
 
     folder = tmp_path_factory.mktemp("trained")
     runs = tmp_path_factory.mktemp("runs")
@@ -96,9 +96,9 @@ def server_pid(server) -> int:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
+def server(model_dir, adapter_dir, tmp_path_factory):
     """A real `effort serve` process on the embedded model (one per session): the shipped adapters
-    and router (adapters/), the test adapters and the quick-trained ones."""
+    and router (adapters/) and the test adapters — no training run before it starts."""
     import sys
     import time
 
@@ -107,8 +107,8 @@ def server(model_dir, adapter_dir, quick_adapters, tmp_path_factory):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     t0 = time.time()
-    proc = start([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                  "--adapters", f"{REPO / 'adapters'},{adapter_dir},{quick_adapters}", "--log-level", "warning"],
+    proc = start([sys.executable, "-m", "effort_server.cli", "serve", "--port", str(port), "--model", str(model_dir),
+                  "--adapters", f"{REPO / 'adapters'},{adapter_dir}", "--log-level", "warning"],
                  tmp_path_factory.mktemp("logs") / "server.log", base, timeout=180)
     print(f"\nserver ready in {time.time() - t0:.1f} s")
     SERVER_PID["pid"] = proc.pid

@@ -7,7 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from server.bench import wait_ready
+from effort_server.server.bench import wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.bench import _table
+from effort_server.server.bench import _table
 
 
 def run(throughput, p50):
@@ -37,16 +37,16 @@ def test_ratio_pairs_each_repeat_not_the_medians():
 
 @pytest.mark.parametrize("max_tokens", [256, 40, 10])
 def test_bench_budget_is_what_our_policy_enforces_at_full_effort(max_tokens):
-    from server.bench import full_effort_budget
-    from server.config import ServerSettings
-    from server.policy import Policy
+    from effort_server.server.bench import full_effort_budget
+    from effort_server.server.config import ServerSettings
+    from effort_server.server.policy import Policy
 
     d = Policy(ServerSettings(), {}, "tiny", full_effort_tokens=100).decide(model=None, effort=1.0, max_tokens=max_tokens)
     assert full_effort_budget(max_tokens) == d.thinking_budget
 
 
 def test_paired_line_reports_the_median_per_request_ratio_and_its_spread():
-    from server.bench import paired_line
+    from effort_server.server.bench import paired_line
 
     line = paired_line({False: [0.9, 1.0, 1.02, 1.1, 1.2], True: [0.97]})
     assert "not streamed 1.020 (IQR 0.950-1.150, 5 requests)" in line
@@ -58,13 +58,13 @@ def test_paired_line_reports_the_median_per_request_ratio_and_its_spread():
 
 @pytest.mark.parametrize("requests,waves,conc,expected", [(32, 8, 1, 32), (32, 8, 16, 128), (200, 8, 16, 200), (1, 1, 1, 1)])
 def test_scenario_sends_at_least_waves_rounds_of_the_concurrency(requests, waves, conc, expected):
-    from server.bench import scenario_requests
+    from effort_server.server.bench import scenario_requests
 
     assert scenario_requests(requests, waves, conc) == expected
 
 
 def test_bench_rejects_zero_waves():
-    from server.bench import BenchConfig
+    from effort_server.server.bench import BenchConfig
 
     with pytest.raises(ValueError, match="--waves"):
         BenchConfig(waves=0)

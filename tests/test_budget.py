@@ -53,7 +53,7 @@ def test_budget_cut_hurts(evaluator, task):
 
 
 def test_lora_adapter_runs_in_vllm(evaluator, task, adapter_dir):
-    from server.registry import scan
+    from effort_server.server.registry import scan
 
     adapters = scan([adapter_dir])
     assert set(adapters) == {"noisy"}  # the corrupt folder is skipped
@@ -69,9 +69,9 @@ def test_lora_adapter_runs_in_vllm(evaluator, task, adapter_dir):
 def test_e1_efforts_in_one_engine_call(evaluator, task, hard):
     """E1.finish measures every effort in one batch: each effort's rows come back with its own
     problems in order, and the shipped e1 reads the effort written into its prompts."""
-    from server.engine import default_adapter_dir
-    from server.registry import scan
-    from training.recipes.e1 import _at_efforts
+    from effort_server.server.engine import default_adapter_dir
+    from effort_server.server.registry import scan
+    from effort_server.training.recipes.e1 import _at_efforts
 
     e1 = scan([default_adapter_dir()])["e1"]
     by = _at_efforts(evaluator, hard, task, e1, [0.25, 1.0])

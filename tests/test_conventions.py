@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.tasks import DigitsTask
+from effort_server.training.tasks import DigitsTask
 
 MODEL = "effort-tiny"
 QWEN3_TEMPLATE = Path(__file__).resolve().parent / "fixtures" / "qwen3_chat_template.jinja"
@@ -79,9 +79,9 @@ def qwen3_service(model_dir):
     model's byte-level tokenizer: the rendered text round-trips)."""
     from transformers import AutoTokenizer
 
-    from server.config import ServerSettings
-    from server.engine import EngineSettings
-    from server.service import Service, _has_thinking_switch
+    from effort_server.server.config import ServerSettings
+    from effort_server.server.engine import EngineSettings
+    from effort_server.server.service import Service, _has_thinking_switch
 
     svc = Service(ServerSettings(router="none"), EngineSettings())
     svc.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -98,7 +98,7 @@ def qwen3_service(model_dir):
     ({}, False),
 ])
 def test_effort_zero_uses_the_templates_no_think_mode(qwen3_service, body, no_think):
-    from server.protocol import ChatCompletionRequest
+    from effort_server.server.protocol import ChatCompletionRequest
 
     svc = qwen3_service
     assert svc.template_switch

@@ -146,7 +146,7 @@ def prometheus(server, tmp_path_factory):
 
 def _load(server: str, seconds: float) -> int:
     """A short, bounded mixed load: efforts, auto, budgets, streaming, an error now and then."""
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     qs = [p.question for p in DigitsTask().problems("test", 40, seed=31)]
     bodies = [{"effort": "low"}, {"effort": "medium"}, {"effort": 1.0}, {"reasoning_effort": "none"},

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import EngineSettings, default_model, kv_cache_bytes
+from effort_server.server.engine import EngineSettings, default_model, kv_cache_bytes
 
 MiB = 2 ** 20
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_kv_cache_bytes_user_env_wins(monkeypatch):
 
 CHILD = """
 import multiprocessing, sys, time
-from server.engine import fork_engine_core
+from effort_server.server.engine import fork_engine_core
 guard = sys.argv[1] == "guarded"
 ctx = multiprocessing.get_context("fork")
 p = ctx.Process(target=time.sleep, args=(120,))

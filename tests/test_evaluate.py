@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from training.evaluate import EvalConfig, Setting, run_eval
+from effort_server.training.evaluate import EvalConfig, Setting, run_eval
 
 REPO = Path(__file__).resolve().parent.parent
-EFFORT = [sys.executable, "-m", "server.cli"]
+EFFORT = [sys.executable, "-m", "effort_server.cli"]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -53,7 +53,7 @@ def test_eval_effort_is_what_the_server_does(evaluator, client, tmp_path):
     """`effort:E` in the evaluator and a request with effort E on the live server choose the same
     option with the same budget for every prompt, and think the same number of tokens. Each
     prompt is asked once (the server's history would correct a repeat's predicted length)."""
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     probs = DigitsTask().problems("test", 16, seed=77)
     for e, group in ((0.25, probs[:8]), (0.5, probs[8:])):

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from procs import free_port, start, stop
-from server.bench import vllm_cmd
-from server.engine import EngineSettings, prepare_env
+from effort_server.server.bench import vllm_cmd
+from effort_server.server.engine import EngineSettings, prepare_env
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "effort-tiny"
@@ -42,7 +42,7 @@ def vllm_upstream(model_dir, tmp_path_factory):
 def gateway(vllm_upstream, model_dir, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
            "--adapters", str(REPO / "adapters" / "dler"), "--router", str(REPO / "adapters" / "router"),
            "--port", str(port), "--log-level", "warning"]  # the in-process server's router: the same budgets
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "gateway.log", url)
@@ -81,7 +81,7 @@ def chat(url, question, stream=False, **extra):
 
 @pytest.fixture(scope="module")
 def questions():
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     return [p.question for p in DigitsTask().problems("test", 6, seed=41)]
 
@@ -180,7 +180,7 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
     up = f"http://127.0.0.1:{fake.server_address[1]}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _start([sys.executable, "-m", "server.cli", "serve", "--upstream", up, "--model", str(model_dir),
+    proc = _start([sys.executable, "-m", "effort_server.cli", "serve", "--upstream", up, "--model", str(model_dir),
                    "--adapters", "/nonexistent", "--upstream-timeout", "1", "--port", str(port),
                    "--log-level", "warning"], tmp_path / "gw.log", url)
     try:
@@ -192,7 +192,8 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
         fake.shutdown()
         fake.server_close()
         s, body = chat(url, "a1 b2")
-        assert s == 502 and "unreachable" in body["error"]["message"] or "failed" in body["error"]["message"], body
+        msg = body["error"]["message"]
+        assert s == 502 and ("unreachable" in msg or "failed" in msg), body
         text, _, final, _ = chat(url, "a1 b2", stream=True)
         assert final is None  # the stream carries an error event instead of a usage chunk
         assert httpx.get(f"{url}/health").status_code == 200

@@ -38,7 +38,7 @@ def gauges(url: str) -> dict:
 
 
 async def _load(url: str, n: int, seed: int) -> dict:
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     rng = random.Random(seed)
     qs = [p.question for p in DigitsTask().problems("test", 100, seed=seed)]

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from training.base_model import render_completion, render_prompt
-from training.tasks import DigitsTask
+from effort_server.training.base_model import render_completion, render_prompt
+from effort_server.training.tasks import DigitsTask
 
 
 def _texts(n=300):
@@ -116,7 +116,7 @@ def test_continued_training_stage_keeps_the_tokenizer_and_records_its_mix(model_
     tokenizer files are copied verbatim and each stage's mix is in the manifest."""
     import json
 
-    from training.base_model import BaseModelConfig, train_base
+    from effort_server.training.base_model import BaseModelConfig, train_base
 
     out = tmp_path / "tiny2"
     cfg = BaseModelConfig(out=str(out), init_from=str(model_dir), tokens=2e4, minutes=2, threads=1,

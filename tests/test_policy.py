@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ServerSettings
-from server.errors import EffortError, ModelNotFound
-from server.manifest import AdapterManifest, Control, ModelManifest
-from server.policy import Policy
-from server.registry import Adapter
+from effort_server.server.config import ServerSettings
+from effort_server.server.errors import EffortError, ModelNotFound
+from effort_server.contract.manifest import AdapterManifest, Control, ModelManifest
+from effort_server.server.policy import Policy
+from effort_server.server.registry import Adapter
 
 
 def _adapter(name, kind="dler", control=None, evaluation=None):

@@ -3,7 +3,7 @@ and upstream events that arrived together are merged per choice."""
 
 import pytest
 
-from server.protocol import (ChatCompletionChunk, ChunkChoice, ChunkWriter, CompletionChoice, CompletionChunk,
+from effort_server.server.protocol import (ChatCompletionChunk, ChunkChoice, ChunkWriter, CompletionChoice, CompletionChunk,
                              Delta)
 
 TEXTS = ["", " 7", 'a "quoted" \\ back', "line\nbreak\ttab", "ünïcödé ✓ 数字", "\x00\x1f\x7f ctl", "</think>"]
@@ -38,7 +38,7 @@ def _line(index, text, ids, finish=None):
 
 
 def test_upstream_events_that_arrived_together_are_merged_per_choice():
-    from server.upstream import _merge
+    from effort_server.server.upstream import _merge
     merged = {}
     for line in (_line(0, " a", [1]), b"", _line(1, "x", [7]), _line(0, "3", [2, 3]), b": keep-alive",
                  _line(0, ">", [4], "stop")):
@@ -49,7 +49,7 @@ def test_upstream_events_that_arrived_together_are_merged_per_choice():
 
 
 def test_upstream_error_event_is_an_upstream_error():
-    from server.upstream import UpstreamError, _merge
+    from effort_server.server.upstream import UpstreamError, _merge
     with pytest.raises(UpstreamError, match="boom"):
         _merge(b'data: {"error": {"message": "boom"}}', {})
 
@@ -57,7 +57,7 @@ def test_upstream_error_event_is_an_upstream_error():
 def test_upstream_lines_are_grouped_by_arrival_and_split_across_reads():
     import asyncio
 
-    from server.upstream import _arrived
+    from effort_server.server.upstream import _arrived
 
     class Reads:  # what aiohttp's StreamReader.iter_any gives: whatever bytes have arrived
         async def iter_any(self):
@@ -78,8 +78,8 @@ def same_json(line: str, model) -> bool:
 
 
 def test_chunks_with_logprobs_match_models():
-    from server.logprobs import Entry, chat_logprobs, completion_logprobs
-    from server.protocol import ChatLogprobs, CompletionLogprobs
+    from effort_server.server.logprobs import Entry, chat_logprobs, completion_logprobs
+    from effort_server.server.protocol import ChatLogprobs, CompletionLogprobs
 
     reasoning = [Entry(5, "a3", -1.2993727978027891e-05, (("a3", -1.2993727978027891e-05), (" ✓", -9999.0)))]
     answer = [Entry(6, '\\boxed{"1"}', -0.25, (('\\boxed{"1"}', -0.25),)), Entry(7, "\n", -3.0, (("\n", -3.0),))]
@@ -99,7 +99,7 @@ def test_chunks_with_logprobs_match_models():
 def test_upstream_logprobs_are_read_and_merged():
     import json
 
-    from server.upstream import _merge
+    from effort_server.server.upstream import _merge
 
     def line(ids, tokens, lps):
         lp = {"tokens": tokens, "token_logprobs": lps, "top_logprobs": [{"z": -5.0, t: v} for t, v in zip(tokens, lps)],

@@ -4,7 +4,9 @@ import random
 
 import pytest
 
-from server.reasoning import Markers, StreamSplitter, split_ids
+from effort_server.contract.markers import Markers, split_ids
+
+from effort_server.server.reasoning import StreamSplitter
 
 M = Markers(start=(1,), end=(2,), eos=frozenset({9}))
 M2 = Markers(start=(1, 3), end=(2, 4), eos=frozenset({9}))  # multi-token markers
@@ -58,7 +60,7 @@ def test_stream_splitter_cases(parts, in_think, expected):
 
 
 def _token_split(ids, markers, in_think, rng):
-    from server.logprobs import Entry, TokenSplitter
+    from effort_server.server.logprobs import Entry, TokenSplitter
 
     sp = TokenSplitter(markers, in_think)
     entries = [Entry(t, str(t), -0.5, ()) for t in ids]
@@ -89,7 +91,7 @@ def test_token_splitter_agrees_with_split_ids(markers):
 @pytest.mark.parametrize("stops", [["}"], ["ed{", "x"], ["{1}", "oxe"], ["zz"], ["\\boxed{1}"]])
 def test_stop_watcher_any_chunking(stops):
     """Stop strings on the streamed answer: the same cut as on the whole text, however it arrives."""
-    from server.reasoning import StopWatcher
+    from effort_server.server.reasoning import StopWatcher
 
     text = "\\boxed{1} and {1} more"
     at = [i for i in (text.find(s) for s in stops) if i >= 0]
@@ -112,7 +114,7 @@ def test_stop_watcher_any_chunking(stops):
 
 def test_tokens_past_a_stop_string(tokenizer):
     """The tokens a piece carried after a stop string's end: only those whose text lies wholly past it."""
-    from server.reasoning import tokens_past
+    from effort_server.server.reasoning import tokens_past
 
     tok = tokenizer
     ids = tok.encode("\\boxed{16}", add_special_tokens=False) + [tok.eos_token_id]

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.config import ServerSettings
-from server.errors import EffortError
-from server.manifest import AdapterManifest
-from server.policy import Policy
-from server.registry import Adapter
-from server.router import BASE, History, Route, Router, RouterError, choose
-from training.router import (RouterCalibrateConfig, RouterFitConfig, fit_router, load_records, ranks, run_calibrate,
+from effort_server.server.config import ServerSettings
+from effort_server.server.errors import EffortError
+from effort_server.contract.manifest import AdapterManifest
+from effort_server.server.policy import Policy
+from effort_server.server.registry import Adapter
+from effort_server.contract.scoring import BASE, Route, Router, RouterError, choose
+from effort_server.server.routes import History
+from effort_server.training.router_fit import (RouterCalibrateConfig, RouterFitConfig, fit_router, load_records, ranks, run_calibrate,
                              spearman)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,7 +257,7 @@ def test_choose_is_cheapest_within_margin():
     (["router", "fit", "--records", "x.json", "--featuriser", "bert"], "unknown featuriser"),
 ])
 def test_router_cli_errors(args, msg):
-    r = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "effort_server.cli", *args], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -267,7 +268,7 @@ def test_auto_on_the_live_server(client, server):
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from training.tasks import DigitsTask
+    from effort_server.training.tasks import DigitsTask
 
     def scrape():
         out = {}

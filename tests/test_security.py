@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from procs import free_port, start, stop
-from server.limits import Admission, KeyCheck, Overloaded, Unauthorized, load_keys
+from effort_server.server.limits import Admission, KeyCheck, Overloaded, Unauthorized, load_keys
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test-0123456789"
@@ -25,7 +25,7 @@ LIMITS = dict(max_body_bytes=4096, max_prompt_tokens=200, max_n=8, max_output_to
 
 def start_secured(model_dir, log_path, **extra):
     port = free_port()
-    args = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--model", str(model_dir),
+    args = [sys.executable, "-m", "effort_server.cli", "serve", "--port", str(port), "--model", str(model_dir),
             "--adapters", str(REPO / "adapters"), "--api-key", f"other-key,{KEY}", "--protect-metrics",
             "--log-level", "warning"]
     for k, v in {**LIMITS, **extra}.items():

@@ -3,8 +3,8 @@
 import httpx
 import pytest
 
-from training.tasks import DigitsTask
-from training.tasks.digits import TERSE_MAX
+from effort_server.training.tasks import DigitsTask
+from effort_server.training.tasks.digits import TERSE_MAX
 
 MODEL = "effort-tiny"
 

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from training.tasks import DigitsTask, JsonlMathTask, Problem, TaskError, extract_boxed, load_task
-from training.tasks.digits import TERSE_MAX, answer_for, chain, last_sum, parse_question, parse_styles, question_for
+from effort_server.training.tasks import DigitsTask, JsonlMathTask, Problem, TaskError, extract_boxed, load_task
+from effort_server.training.tasks.digits import TERSE_MAX, answer_for, chain, last_sum, parse_question, parse_styles, question_for
 
 
 @pytest.mark.parametrize("style,expected", [

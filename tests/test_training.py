@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from training.recipes.dler import dler_reward
-from training.recipes.dler_da import da_limit, low_quartile, update_running
-from training.recipes.e1 import calibration_points, decision_weights, e1_reward, reference_lengths, relabel
-from training.rl import Rollout, group_keep_mask, parse_rollout
+from effort_server.training.recipes.dler import dler_reward
+from effort_server.training.recipes.dler_da import da_limit, low_quartile, update_running
+from effort_server.training.recipes.e1 import calibration_points, decision_weights, e1_reward, reference_lengths, relabel
+from effort_server.training.rl import Rollout, group_keep_mask, parse_rollout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,7 +136,7 @@ def test_sft_loss_is_the_weighted_mean_of_completion_token_losses(model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.rl import Context
+    from effort_server.training.rl import Context
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -165,9 +165,9 @@ def test_sft_loss_is_the_weighted_mean_of_completion_token_losses(model_dir):
 
 
 def test_control_applies_calibration():
-    from training.recipes.e1 import CONTROL
+    from effort_server.training.recipes.e1 import CONTROL
 
-    from server.manifest import Control
+    from effort_server.contract.manifest import Control
 
     c = Control.model_validate({**CONTROL.model_dump(), "calibration": [[0.2, 0.1], [0.6, 0.5], [1.0, 1.0]]})
     assert c.value_for(0.4) == pytest.approx(0.3)
@@ -177,9 +177,9 @@ def test_control_applies_calibration():
 
 
 def test_mixing_control_serves_an_effort_between_two_paths_as_a_per_prompt_mixture():
-    from training.recipes.e1 import CONTROL
+    from effort_server.training.recipes.e1 import CONTROL
 
-    from server.manifest import Control
+    from effort_server.contract.manifest import Control
 
     c = Control.model_validate({**CONTROL.model_dump(), "calibration": [[0.3, 0.2], [0.7, 0.4], [1.0, 1.0]], "mix": True})
     prompts = [f"a{i} b{i % 7}" for i in range(2000)]
@@ -217,7 +217,7 @@ def test_dynamic_sampling_mask_rejects_ragged_groups():
 def tok_markers(model_dir):
     from transformers import AutoTokenizer
 
-    from server.reasoning import Markers
+    from effort_server.contract.markers import Markers
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     return tok, Markers.from_tokenizer(tok, "<think>", "</think>")
@@ -244,14 +244,14 @@ def test_parse_rollout(tok_markers, task, text, eos, cap, want):
 
 # --- runs ------------------------------------------------------------------------------------
 def _effort(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "effort_server.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
 @pytest.mark.parametrize("kind", ["dler", "dler-da", "e1"])
 def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
-    from server.manifest import AdapterManifest
-    from server.registry import load_adapter
+    from effort_server.contract.manifest import AdapterManifest
+    from effort_server.server.registry import load_adapter
 
     folder = quick_adapters / f"q-{kind}"
     m = load_adapter(folder)  # peft files + valid manifest
@@ -282,8 +282,8 @@ def test_quick_run_writes_a_servable_adapter(quick_adapters, kind):
     assert not list(quick_adapters.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("kind", ["q-dler", "q-dler-da", "q-e1"])
-def test_server_serves_quick_adapters_by_name(client, model_dir, kind):
+@pytest.mark.parametrize("kind", ["dler", "dler-da", "e1"])
+def test_server_serves_shipped_adapters_by_name(client, model_dir, kind):
     assert kind in {m.id for m in client.models.list().data}
     msg = [{"role": "user", "content": "a3 b4 c5"}]
     r = client.chat.completions.create(model=kind, messages=msg, max_tokens=64, extra_body={"effort": 0.5})
@@ -293,7 +293,20 @@ def test_server_serves_quick_adapters_by_name(client, model_dir, kind):
     assert r.usage.completion_tokens > 0
     # e1 writes its effort control into the prompt; the DLER adapters leave the prompt alone
     extra = r.usage.prompt_tokens - base.usage.prompt_tokens
-    assert (extra > 5) if kind == "q-e1" else (extra == 0)
+    assert (extra > 5) if kind == "e1" else (extra == 0)
+
+
+@pytest.mark.parametrize("kind", ["dler", "dler-da", "e1"])
+def test_quick_adapters_generate_in_the_engine(quick_adapters, evaluator, task, kind):
+    """A freshly trained adapter loads into vLLM as the server loads it (LoRA + its manifest's control)."""
+    from effort_server.server.registry import load_adapter
+
+    adapter = load_adapter(quick_adapters / f"q-{kind}")
+    probs = task.problems("test", 4, seed=5)
+    rows = evaluator.generate(probs, task, adapter, [None] * len(probs), max_tokens=64, effort=0.5)
+    assert len(rows) == 4 and all(r["completion_tokens"] > 0 for r in rows)
+    plain = evaluator.prompt_ids(probs[0].question)
+    assert (len(evaluator.prompt_ids(probs[0].question, adapter.manifest, 0.5)) > len(plain) + 5) == (kind == "e1")
 
 
 @pytest.mark.slow
@@ -302,7 +315,7 @@ def test_kill_and_resume_loses_at_most_one_save_interval(tmp_path, model_dir):
     out = tmp_path / "adapter"
     args = ["train", "dler", "--quick", "--max-steps", "6", "--save-every", "2", "--threads", "1",
             "--model", str(model_dir), "--run-dir", str(run), "--out", str(out), "--name", "resumed"]
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "effort_server.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     t0 = time.time()
     while not (run / "checkpoint-2" / "effort_state.json").exists():
@@ -377,7 +390,7 @@ def test_merge_identity_reproduces_the_source(tmp_path, model_dir, adapter_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.merge import MergeConfig, lora_deltas, merge
+    from effort_server.training.merge import MergeConfig, lora_deltas, merge
 
     out = merge(MergeConfig(adapter=str(adapter_dir / "noisy"), keep=1.0, scale=1.0, rank=8, out=str(tmp_path / "m"),
                             eval_n=0), log=lambda *_: None)
@@ -396,7 +409,7 @@ def test_merge_identity_reproduces_the_source(tmp_path, model_dir, adapter_dir):
 def test_merge_keeps_only_the_most_changed_entries(tmp_path, model_dir, adapter_dir):
     import torch
 
-    from training.merge import select_update, to_lora
+    from effort_server.training.merge import select_update, to_lora
 
     d = torch.tensor([[0.1, -5.0, 0.2], [3.0, 0.0, -0.3]])
     s = select_update(d, 2 / 6)
@@ -407,9 +420,9 @@ def test_merge_keeps_only_the_most_changed_entries(tmp_path, model_dir, adapter_
     g = torch.Generator().manual_seed(0)
     big = torch.randn(64, 32, generator=g)
     assert (select_update(big, 0.25) != 0).sum() == 512
-    from server.manifest import AdapterManifest
+    from effort_server.contract.manifest import AdapterManifest
 
-    from training.merge import MergeConfig, merge
+    from effort_server.training.merge import MergeConfig, merge
 
     out = merge(MergeConfig(adapter=str(adapter_dir / "noisy"), keep=0.2, scale=0.5, out=str(tmp_path / "m2"),
                             eval_n=0), log=lambda *_: None)

@@ -1,30 +1,12 @@
 """`effort train base`: build the embedded tiny reasoning model from scratch.
 
-1. A Qwen2-style byte-level BPE tokenizer (Qwen2's pre-tokenizer regex, 256 byte tokens plus
-   merges learnt on the task's text) with ``<think>`` / ``</think>`` as single added tokens and a
-   ChatML chat template. Built this way, ``AutoTokenizer`` (which rebuilds a ``Qwen2Tokenizer``
-   from vocab + merges for ``model_type: qwen2``) and vLLM produce the same ids as training.
+1. A Qwen2-style byte-level BPE tokenizer with ``<think>`` / ``</think>`` as single added tokens
+   and a ChatML chat template (transformers and vLLM produce the same ids as training).
 2. A ~1M-parameter ``Qwen2ForCausalLM`` (head size 32: vLLM's CPU attention rejects 16).
-3. Plain supervised next-token training on the digits task's styled chains of thought, loss on
-   the assistant turn only, for a budget of tokens (6M ≈ 17 minutes on 2 cores) with a
-   wall-clock cap (the cosine schedule advances by tokens or by the clock, whichever is ahead).
-
-How the defaults were chosen (``scripts/sweep_base.py``, run on a lent GPU: many recipes at the
-same 6M-token budget, greedy accuracy on 300–400 held-out prompts; the chosen recipe then
-reached 100% on CPU in 17 minutes). The copy-by-letter and running-sum
-circuits form after a plateau at chance (loss ≈ 1.0); whether they form within the budget is
-the whole game, and it is seed-sensitive:
-- no curriculum, or ≤ 6 digits widening to 16 over the first 40%: chance (≈ 10%) at every
-  batch size / lr tried (32 or 64 examples, lr 2e-3 or 3e-3), 2 or 4 KV heads, 6 layers,
-  hidden 192; the same recipe at 12M tokens reaches 100%;
-- ≤ 4 digits widening over the first 60%, lr 1e-3, 2 KV heads: 85–100% (3 seeds);
-- the same with lr 1.5e-3, 10% warm-up and 4 KV heads (the defaults): 100% on 8 of 9 seeds,
-  90% on the ninth; with 25% fewer tokens, 3 of 4 seeds.
-Earlier: making each indexed digit one token (``d4``) so the copy is a one-step lookup was
-worse — the sums then failed to form.
-
-The model is written atomically (temp folder, then rename) with a ``manifest.json`` naming its
-think markers and its measured default full-effort reasoning length.
+3. Supervised next-token training on the digits task's styled chains of thought, loss on the
+   assistant turn only, for a budget of tokens with a wall-clock cap.
+Output: a model folder loadable by transformers, peft and vLLM, with its manifest. How the
+defaults were chosen: docs/embedded-model.md and docs/LOG.md.
 """
 
 from __future__ import annotations
@@ -261,7 +243,7 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
     if cfg.init_from:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from server.manifest import ModelManifest
+        from effort_server.contract.manifest import ModelManifest
 
         tok = AutoTokenizer.from_pretrained(cfg.init_from)
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
@@ -287,7 +269,7 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
            "bos_token_id": config.bos_token_id, "max_new_tokens": 512}
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
     _patch_tokenizer_config(tmp)
-    from server.manifest import ModelManifest
+    from effort_server.contract.manifest import ModelManifest
 
     ModelManifest(
         name=out.name, think_start=THINK_START, think_end=THINK_END, task="digits",

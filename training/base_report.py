@@ -73,7 +73,7 @@ def shorter_correct(rows: list[dict]) -> dict:
 def run_base_report(cfg: BaseReportConfig, evaluator: Evaluator | None = None) -> dict:
     import math
 
-    from server.manifest import ModelManifest
+    from effort_server.contract.manifest import ModelManifest
 
     from .tasks import DigitsTask
 

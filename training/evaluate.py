@@ -1,33 +1,13 @@
 """`effort eval`: accuracy vs reasoning tokens for adapters × effort settings, through vLLM.
 
-Runs an eval set through vLLM's offline engine, built by `server.engine` with the serving
-settings, and writes to `--out`:
-- ``results.json``: every per-prompt result (tokens, correctness, budget, finish reason);
-- ``results.md``: accuracy, mean / p90 reasoning tokens, answer tokens, tokens per correct
-  answer and budget-hit rate, overall and by difficulty bucket;
-- ``plot.png``: accuracy against mean reasoning tokens, one line per adapter.
-
-Settings (``--settings``, comma-separated), each applied to every adapter:
-- ``full``: unrestricted thinking;
-- ``none``: no thinking (budget 0: the end marker is forced at once);
-- ``budget:K``: vLLM ``thinking_token_budget`` = K;
-- ``frac:F``: budget = ceil(F × this prompt's own full-effort reasoning length, measured with the
-  same adapter in this run) — budget forcing at a fraction of natural length;
-- ``effort:E``: exactly what the server does for a request with effort E: the server's `Policy`
-  chooses the option per prompt (model, control, budget). On ``base`` (the base model's name) it
-  may choose any adapter (reported as adapter ``server``), on an adapter only that adapter's own
-  options (reported under its name);
-- ``route:E``: one model alone at effort E of *its own* predicted full length, as a router route
-  runs (a budget ``ceil(E × L̂ × slack)`` for a model without a control — plain budget forcing —
-  or the control value E for e1); the router is fitted from these;
-- ``control:E``: only the control — effort E written into the prompt of an adapter with an effort
-  control (e1), no budget; skipped for adapters without one (= ``full``);
-- ``auto``: the server's `effort: "auto"`: the router picks the route (adapter, effort, budget)
-  per prompt; on ``base`` it may choose any adapter (reported as adapter ``auto``), on an adapter
-  only that adapter's efforts (``auto@NAME``). Needs a router (``--router``).
-
-``ADAPTER@SETTING`` applies a setting to that adapter only (``base@frac:0.5``).
-Budgets are always enforced by vLLM's ``thinking_token_budget``.
+Runs an eval set through vLLM's offline engine (built with the serving settings) and writes
+``results.json`` (every per-prompt result), ``results.md`` (accuracy, mean / p90 reasoning tokens,
+answer tokens, tokens per correct answer, budget-hit rate, by difficulty) and ``plot.png``.
+Settings (``--settings``, comma-separated, each for every adapter, or ``adapter@setting``):
+``full``, ``none``, ``budget:K``, ``frac:F`` (F × the prompt's own measured full length),
+``control:V`` (e1's raw control value), ``route:E`` (the primitive route the policy runs at
+effort E), ``effort:E`` and ``auto`` (exactly the server's per-prompt decision, the same
+`Policy`). Reasoning tokens are counted by the contract's split, as the server counts them.
 """
 
 from __future__ import annotations
@@ -39,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from server.engine import EngineSettings
+from effort_server.server.engine import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -105,10 +85,10 @@ class EvalConfig:
 def lookup_adapter(spec: str, adapter_dir: str):
     """'base' → None; a registered adapter name or an adapter folder → registry.Adapter.
     Needs no engine, so a bad name fails before vLLM starts."""
-    from server.manifest import ManifestError
-    from server.registry import Adapter, load_adapter, scan
+    from effort_server.contract.manifest import ManifestError
+    from effort_server.server.registry import Adapter, load_adapter, scan
 
-    from server.engine import default_adapter_dir
+    from effort_server.server.engine import default_adapter_dir
 
     if spec == "base":
         return None
@@ -133,9 +113,9 @@ class Evaluator:
     """Holds one offline vLLM engine; `run` evaluates problems under (adapter, setting) pairs."""
 
     def __init__(self, model: str = "", max_model_len: int = 1024):
-        from server.engine import default_model, engine_kwargs, prepare_env
-        from server.manifest import ModelManifest
-        from server.reasoning import Markers
+        from effort_server.server.engine import default_model, engine_kwargs, prepare_env
+        from effort_server.contract.manifest import ModelManifest
+        from effort_server.contract.markers import Markers
         prepare_env()
         from vllm import LLM
 
@@ -181,7 +161,7 @@ class Evaluator:
         seed (the e1 warm-up's draw, as its shipped adapter was trained)."""
         from vllm import SamplingParams
 
-        from server.reasoning import split_ids
+        from effort_server.contract.markers import split_ids
 
         from vllm.lora.request import LoRARequest
 
@@ -286,10 +266,10 @@ def plot(groups: dict[tuple[str, str], list[dict]], path: Path, title: str = "")
 
 def eval_policy(cfg: EvalConfig, resolved: dict):
     """The server's policy over the evaluated adapters (server defaults, the router if any)."""
-    from server.config import ServerSettings
-    from server.engine import default_adapter_dir, default_model
-    from server.manifest import ModelManifest
-    from server.router import Router
+    from effort_server.server.config import ServerSettings
+    from effort_server.server.engine import default_adapter_dir, default_model
+    from effort_server.contract.manifest import ModelManifest
+    from effort_server.contract.scoring import Router
 
     adapters = {a.name: a for a in resolved.values() if a is not None}
     spec = cfg.router or str(Path(cfg.adapter_dir or default_adapter_dir()) / "router")
@@ -302,7 +282,7 @@ def eval_policy(cfg: EvalConfig, resolved: dict):
         manifest = ModelManifest.read(cfg.model or default_model())
     except Exception:
         manifest = None
-    from server.policy import Policy
+    from effort_server.server.policy import Policy
 
     full = manifest.default_full_effort_tokens if manifest is not None else 512
     return Policy(ServerSettings(), adapters, "base", full, router, base_manifest=manifest)
@@ -337,7 +317,7 @@ def eval_decided(ev: Evaluator, policy, problems, task, name: str | None, effort
 
 def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
     """Evaluate and write results.json / results.md / plot.png into cfg.out."""
-    from training.tasks import load_task
+    from effort_server.training.tasks import load_task
 
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.n, cfg.seed)

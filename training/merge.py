@@ -78,21 +78,21 @@ def merge(cfg: MergeConfig, log=print) -> Path:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from server.manifest import AdapterManifest
-    from training.evaluate import lookup_adapter
-    from training.rl import eval_full, save_adapter, staged_folder
+    from effort_server.contract.manifest import AdapterManifest
+    from effort_server.training.evaluate import lookup_adapter
+    from effort_server.training.rl import eval_full, save_adapter, staged_folder
 
     src = lookup_adapter(cfg.adapter, cfg.adapter_dir)
     if src is None:
         raise ValueError("--adapter must name an adapter, not 'base'")
     m = src.manifest
     name = cfg.name or f"{m.name}-merged"
-    from server.engine import default_adapter_dir
+    from effort_server.server.engine import default_adapter_dir
 
     out = Path(cfg.out or Path(cfg.adapter_dir or default_adapter_dir()) / name)
     if out.exists() and not cfg.force:
         raise FileExistsError(f"output folder {out} exists; pass --force to replace it")
-    from server.engine import resolve_path
+    from effort_server.server.engine import resolve_path
 
     base_path = resolve_path(m.base_model)
     if not Path(base_path, "config.json").is_file():
@@ -130,8 +130,8 @@ def merge(cfg: MergeConfig, log=print) -> Path:
                       "source_training": m.training})
         manifest.write(stage)
         if cfg.eval_n:
-            from training.evaluate import Evaluator
-            from training.tasks import load_task
+            from effort_server.training.evaluate import Evaluator
+            from effort_server.training.tasks import load_task
 
             task_name = m.training.get("task", "digits")
             manifest.evaluation = eval_full(Evaluator(base_path), stage, manifest, load_task(task_name), task_name,

@@ -105,7 +105,7 @@ class Rollout:
 
 def parse_rollout(ids: list[int], problem, task, tokenizer, markers, cap: int, effort: float = 1.0) -> Rollout:
     """`ids`: the generated ids (TRL keeps the end-of-sequence id when one was generated)."""
-    from server.reasoning import split_ids
+    from effort_server.contract.markers import split_ids
 
     ended = bool(ids) and ids[-1] in markers.eos
     sp = split_ids(list(ids), markers)
@@ -162,9 +162,10 @@ class Recipe:
     """What a recipe module provides. Subclasses override the marked methods."""
 
     kind = "other"
-    control = None  # server.manifest.Control for prompt-controlled effort (e1)
+    control = None  # effort_server.contract.manifest.Control for prompt-controlled effort (e1)
     evaluator = None  # a vLLM Evaluator the recipe opened in prepare(); the evaluation reuses it
     reserve_s = 0.0  # seconds of the --minutes cap kept for polish() after GRPO
+    Options = None  # a dataclass of the recipe's own options: flags of `effort train <recipe>`, in hyper
 
     @classmethod
     def module_doc(cls) -> str:
@@ -178,8 +179,11 @@ class Recipe:
         mean full-effort reasoning (its long prompts run ~1.5× the mean) and the answer."""
         return 2 * full_effort_tokens + 16
 
-    def __init__(self, cfg: RLConfig, ctx: "Context"):
+    def __init__(self, cfg: RLConfig, ctx: "Context", options=None):
         self.cfg, self.ctx = cfg, ctx
+        self.options = options if options is not None else (self.Options() if self.Options else None)
+        for f in fields(self.options) if self.options is not None else ():
+            setattr(self, f.name, getattr(self.options, f.name))
         self.last_rewards: list[float] = []
         self.last_metrics: dict[str, float] = {}
         self.extra_metrics: dict[str, float] = {}  # set by reward(); logged per step
@@ -298,7 +302,7 @@ class Context:
         after it; training stops early when it returns True (`steps` is then the most taken)."""
         import torch
 
-        from training.base_model import _pad
+        from effort_server.training.base_model import _pad
 
         tok, model = self.tokenizer, self.model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -473,12 +477,12 @@ def load_problems(task, n: int, seed: int):
     return probs
 
 
-def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
+def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=None) -> Path:
     """Train, evaluate and write the adapter folder atomically. Returns its path."""
-    from server.engine import default_model, portable_path
-    from server.manifest import AdapterManifest, ModelManifest
-    from server.registry import NAME_RE
-    from training.tasks import load_task
+    from effort_server.server.engine import default_model, portable_path
+    from effort_server.contract.manifest import AdapterManifest, ModelManifest
+    from effort_server.server.registry import NAME_RE
+    from effort_server.training.tasks import load_task
 
     t_start = time.time()
     name = cfg.name or recipe_cls.kind
@@ -511,7 +515,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig
 
-    from server.reasoning import Markers
+    from effort_server.contract.markers import Markers
 
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
@@ -531,7 +535,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
     model = get_peft_model(model, peft_cfg)  # the recipe's prepare() may warm the LoRA up
     ctx = Context(task=task, problems={p.id: p for p in problems}, tokenizer=tok, markers=markers,
                   max_completion=cap, model=model)
-    recipe = recipe_cls(cfg, ctx)
+    recipe = recipe_cls(cfg, ctx, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     rollouts_path = run_dir / "rollouts.jsonl"
     log_path = run_dir / "log.jsonl"
@@ -600,7 +604,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
             name=name, kind=recipe_cls.kind, base_model=portable_path(model_path), base_model_hash=model_hash(model_path),
             think_start=think[0], think_end=think[1], control=recipe.control or AdapterManifest.model_fields["control"].default_factory(),
             training={"recipe": recipe_cls.kind, "task": cfg.task, "n_prompts": len(problems), "steps": steps,
-                      "seed": cfg.seed, "wall_time_s": round(wall, 1), "hyper": {**_hyper(cfg), **recipe.hyper()},
+                      "seed": cfg.seed, "wall_time_s": round(wall, 1), "hyper": {**_hyper(cfg), **recipe.hyper(), **(asdict(recipe.options) if recipe.options else {})},
                       "max_completion": cap, "trl": _version("trl"), "peft": _version("peft")},
         )
         manifest.write(stage)
@@ -615,8 +619,8 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print) -> Path:
 
 def evaluate_adapter(folder: Path, recipe: Recipe, cfg: RLConfig, model_path: str, log) -> dict:
     """Held-out accuracy and reasoning length through vLLM, plus the recipe's own measures."""
-    from server.manifest import AdapterManifest
-    from training.evaluate import Evaluator
+    from effort_server.contract.manifest import AdapterManifest
+    from effort_server.training.evaluate import Evaluator
 
     ev = recipe.evaluator or Evaluator(model_path)  # one engine per process (e1 opens it to sample its warm-up)
     extra = recipe.finish(folder, ev) or {}  # may rewrite the manifest (e1's calibration)
@@ -626,8 +630,8 @@ def evaluate_adapter(folder: Path, recipe: Recipe, cfg: RLConfig, model_path: st
 
 def eval_full(ev, folder: Path, manifest, task, task_name: str, n: int, log=print) -> dict:
     """The adapter in `folder` at full effort on `n` held-out test prompts, by difficulty."""
-    from server.registry import Adapter
-    from training.evaluate import summarize
+    from effort_server.server.registry import Adapter
+    from effort_server.training.evaluate import summarize
 
     problems = task.problems("test", n, 0)
     rows = ev.generate(problems, task, Adapter(manifest.name, folder.resolve(), manifest, lora_id=1),

@@ -1,37 +1,18 @@
 """The embedded synthetic task: running digit sum mod 10 over indexed digits.
 
-Question (2–16 digits, each tagged by its position letter)::
+Question ``a3 b7 c2 d9`` (2–16 digits, each tagged by its position letter); chain of thought
+``a3 b7>0 c2>2 d9>1`` (each digit by its letter, then the running sum mod 10); answer
+``\boxed{1}``. Each step is a 10×10 lookup the tiny model learns reliably; without the chain
+the answer is parity-like, so accuracy depends on thinking. Difficulty = number of digits.
 
-    a3 b7 c2 d9
+Reasoning styles taught to the base model (`STYLE_MIX`; the first step fixes the style):
+``verbose`` (the chain, then `recheck_passes` redundant re-check passes: the overthinking),
+``partial`` (a re-check stopped early with a conclusion; not in the shipped mix), ``plain`` (the
+chain alone), ``terse`` (three tokens a step, short questions only: a short path on easy
+prompts), ``compact`` (two digits a step, less reliable), ``none`` (a guess), ``cut`` (a chain
+cut without a conclusion: what forced ``</think>`` produces). Details: docs/embedded-model.md.
 
-Chain of thought: copy each digit by its letter and write the running sum mod 10::
-
-    a3 b7>0 c2>2 d9>1
-
-Answer: ``\\boxed{1}``. Each step is a 10×10 lookup the tiny model learns reliably; without the
-chain the answer is a parity-like function it cannot compute in one pass, so accuracy depends
-on thinking. Difficulty = number of digits.
-
-Reasoning styles taught to the base model (see `STYLE_MIX`; the style is fixed by the first
-step, so the greedy model always takes the majority style):
-- ``verbose`` (majority): the chain, then a redundant re-check pass (`` check a3 b7>0 ok …``)
-  that never changes the answer — the base model's overthinking (`recheck_passes` passes);
-- ``partial`` (not in the shipped mix; an experiment, see `training/recipes/e1.py`): the chain
-  and a re-check stopped after any of its steps, closed by a conclusion (`` answer1``, the
-  chain's final sum) — correct paths of every length between the plain chain and the verbose one;
-- ``plain``: the chain alone (a shorter correct path RL can find);
-- ``terse``: the chain without the ``>`` (`` b70 c22``: letter, digit, running sum) — the same
-  lookups, three tokens a step instead of four; taught on short questions only (≤ `TERSE_MAX`
-  digits), so the base has a shorter reliable path on easy prompts and none on hard ones (what
-  difficulty-aware DLER exists to find: a real model's short answers to easy questions);
-- ``compact``: two digits per step (`` b7c2>2``), shorter still, less reliable;
-- ``none``: no thinking, a guess;
-- ``cut``: a chain cut at a random point without a conclusion, answered with the last sum
-  written — what the model does when the engine forces ``</think>`` early (so budget forcing
-  inside the re-check costs accuracy, unlike a voluntary ``partial`` stop).
-
-Splits are a deterministic partition of all questions by hash: 10% ``test``, 10% ``dev``, the
-rest ``train``, so evaluation prompts never appear in training.
+Splits: a partition by hash (10% ``test``, 10% ``dev``, the rest ``train``): no overlap.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Manifests: the only contract between training and serving (design §3).
+"""Manifests: what training writes and the server reads (design §3).
 
-A model folder and every adapter folder carry a ``manifest.json``. Training writes it, the
-server reads it; neither imports the other. The think markers live here and nowhere else:
+A model folder and every adapter folder carry a ``manifest.json``; this schema is part of the
+contract both halves import. The think markers live here and nowhere else:
 the server gives them to vLLM's reasoning config as strings, never as token ids.
 """
 

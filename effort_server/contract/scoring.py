@@ -9,12 +9,10 @@ Numpy only, no extra model: a pluggable featuriser (default: hashed character n-
 plus two length features) feeds linear heads — ridge regressions on log lengths and, for the
 correctness of each route, a two-parameter logistic regression on the predicted difficulty (the
 route model's own predicted log full-effort length), which generalises from few records. Fitting
-and calibration live in `training/router.py`; a fitted router is a folder with ``router.npz``
+lives in `effort_server.training.router_fit`; a fitted router is a folder with ``router.npz``
 (arrays) and ``router.json`` (its manifest: featuriser, heads, data, fit quality, the calibrated
 margin). Scoring one prompt costs well under a millisecond.
 
-`History` is the online correction: a bounded, per-process record of measured full-effort
-lengths by (model, prompt hash), used before the model's prediction for repeated prompts.
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import json
 import math
 import os
 import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,38 +248,3 @@ def choose(p: dict, t: dict, margin: float):
     best = max(p.values())
     ok = [r for r in p if p[r] >= best - margin - 1e-12]
     return min(ok, key=lambda r: (t[r], -p[r]))
-
-
-def prompt_key(model: str, text: str) -> str:
-    return hashlib.blake2b(f"{model}\x00{text}".encode("utf-8", "replace"), digest_size=12).hexdigest()
-
-
-class History:
-    """Bounded LRU of measured full-effort reasoning lengths by (model, prompt): an exponential
-    moving average per key, at most `capacity` keys (the oldest-used goes first). Thread-safe."""
-
-    def __init__(self, capacity: int = 10000, alpha: float = 0.5):
-        self.capacity, self.alpha = max(0, int(capacity)), alpha
-        self._d: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def get(self, model: str, text: str) -> float | None:
-        k = prompt_key(model, text)
-        with self._lock:
-            v = self._d.get(k)
-            if v is not None:
-                self._d.move_to_end(k)
-            return v
-
-    def record(self, model: str, text: str, length: float) -> None:
-        if self.capacity == 0:
-            return
-        k = prompt_key(model, text)
-        with self._lock:
-            old = self._d.pop(k, None)
-            self._d[k] = float(length) if old is None else (1 - self.alpha) * old + self.alpha * float(length)
-            while len(self._d) > self.capacity:
-                self._d.popitem(last=False)

@@ -1,26 +1,13 @@
 """`effort router fit` / `effort router calibrate`: the difficulty router from measured records.
 
-Records are what the project already writes:
-- ``effort eval`` JSON (``results.json``): a row per prompt × adapter × setting. ``full`` rows
-  give each model's full-effort length (the length heads) and the route (model, 1.0);
-  ``route:E`` rows the route (model, E) — as the server runs it, so fit them from an eval made
-  with the server's policy (``effort eval --router``, see the Makefile's ``router`` target);
-  ``none`` rows the route (model, 0). Other settings are ignored.
-- training rollouts (``rollouts.jsonl.gz`` next to an adapter): full-effort lengths of the
-  training policy, used for a model's length head only when no eval records give one.
-
-Fit: the featuriser on all questions; a ridge regression (dual form, so a 16k-wide featuriser
-costs an n × n solve) per model on log1p(mean full length) and per route on log1p(mean
-reasoning tokens); per route a logistic regression of correctness on the *out-of-fold*
-predicted log full length of the route's model (so the accuracy heads see prediction errors as
-they will be at serving time). Fit quality (out-of-fold Spearman of predicted vs measured full
-length per model, accuracy-head log-loss) goes into the router's manifest.
-
-Calibrate (held-out records the fit never saw): for each prompt and every route the records hold
-the real outcome, so a policy margin can be replayed exactly; the margin kept is the one with the
-fewest realised tokens whose realised accuracy is within `tolerance` of the best fixed route's
-accuracy on that split (where margins cost within 1% of the same tokens, the most accurate; of
-equally good ones, the middle). Nothing is hand-set.
+Inputs: ``effort eval`` results (``full`` rows: each model's full-effort length; ``route:E`` rows:
+the route (model, E) as the server runs it; ``none`` rows: the route (model, 0)) and, for a
+model no eval covers, training rollouts (``rollouts.jsonl.gz``).
+Fit: per model a ridge regression of log full-effort length; per route a ridge of its tokens and
+a two-parameter logistic regression of correctness on the predicted difficulty, out of fold;
+the heads' tokens mean-corrected (smearing). Calibrate: the auto margin on held-out records,
+the smallest accuracy loss within the tolerance against the best fixed route.
+Output: a router folder (`effort_server.contract.scoring.Router`: router.json + router.npz).
 """
 
 from __future__ import annotations
@@ -34,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.router import BASE, FEATURISERS, Route, Router, RouterError, choose
+from effort_server.contract.scoring import BASE, FEATURISERS, Route, Router, RouterError, choose
 
 
 @dataclass
@@ -366,55 +353,5 @@ def run_calibrate(cfg: RouterCalibrateConfig, log=print) -> dict:
 
 
 # -- benchmark ----------------------------------------------------------------------------------
-@dataclass
-class RouterBenchConfig:
-    router: str = field(default="adapters/router", metadata={"help": "router folder"})
-    adapter_dir: str = field(default="", metadata={"help": "adapters folder (default: the repo's adapters/)"})
-    n: int = field(default=2000, metadata={"help": "timed decisions per scenario"})
-    long_chars: int = field(default=4000, metadata={"help": "length of the long-prompt scenario"})
-
-    def __post_init__(self):
-        if self.n < 10 or self.long_chars < 1:
-            raise ValueError("--n must be >= 10 and --long-chars >= 1")
-
-
-def run_router_bench(cfg: RouterBenchConfig) -> list[dict]:
-    """Per-request cost of router + policy, against the policy without a router (the peer: what
-    every request pays anyway), in the same run on the same prompts. Prints a table."""
-    from server.config import ServerSettings
-    from server.engine import default_adapter_dir
-    from server.policy import Policy
-    from server.registry import scan
-    from server.router import History
-    from training.tasks import load_task
-
-    router = Router.load(cfg.router)
-    adapters = scan([cfg.adapter_dir or default_adapter_dir()])
-    s = ServerSettings()
-    plain = Policy(s, adapters, "base", 81)
-    routed = Policy(s, adapters, "base", 81, router, History(s.router_history))
-    short = [p.question for p in load_task("digits").problems("test", 200, 0)]
-    long_ = [("Consider the following carefully. " * 200)[:cfg.long_chars] + q for q in short]
-    rows = []
-    for label, prompts in (("task prompts", short), (f"{cfg.long_chars}-char prompts", long_)):
-        for name, pol, effort in (("no router, effort 0.5 (peer)", plain, 0.5), ("router, effort 0.5", routed, 0.5),
-                                  ("router, auto", routed, "auto")):
-            times = []
-            for i in range(cfg.n):
-                t = time.perf_counter()
-                pol.decide(model=None, effort=effort, max_tokens=512, prompt=prompts[i % len(prompts)])
-                times.append(time.perf_counter() - t)
-            ms = np.array(times) * 1e3
-            rows.append({"prompts": label, "policy": name, "p50_ms": float(np.median(ms)),
-                         "p99_ms": float(np.percentile(ms, 99))})
-    print("| prompts | policy | p50 (ms) | p99 (ms) | added p50 vs peer (ms) |")
-    print("|---|---|---:|---:|---:|")
-    for r in rows:
-        peer = next(x for x in rows if x["prompts"] == r["prompts"] and "peer" in x["policy"])
-        print(f"| {r['prompts']} | {r['policy']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-              f"{r['p50_ms'] - peer['p50_ms']:.3f} |")
-    return rows
-
-
-__all__ = ["RouterBenchConfig", "run_router_bench", "RouterFitConfig", "RouterCalibrateConfig", "fit_router", "run_fit", "run_calibrate", "load_records",
+__all__ = ["RouterFitConfig", "RouterCalibrateConfig", "fit_router", "run_fit", "run_calibrate", "load_records",
            "spearman", "choose", "replay", "RouterError"]

@@ -1,0 +1,69 @@
+"""The layout's promises: one import namespace, and a server that imports nothing of training."""
+
+import subprocess
+import sys
+
+import pytest
+
+SERVER_PATHS = [
+    "effort_server.server.app", "effort_server.server.service", "effort_server.server.bench",
+    "effort_server.server.bench_router", "effort_server.server.cli",
+]
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
+                         capture_output=True, text=True, check=True, cwd="/")
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", SERVER_PATHS)
+def test_server_imports_nothing_of_training(module):
+    mods = _loaded_after(f"import {module}")
+    assert module in mods
+    assert not [m for m in mods if m.startswith("effort_server.training")]
+
+
+def test_serve_command_loads_only_the_server_half():
+    code = ("from effort_server import cli; p = cli.build_parser(['serve', '--port', '1']); "
+            "a = p.parse_args(['serve', '--port', '1'])")
+    mods = _loaded_after(code)
+    assert "effort_server.server.cli" in mods
+    assert not [m for m in mods if m.startswith("effort_server.training")]
+
+
+def test_no_generic_top_level_packages():
+    """Run from / so the checkout's own folders are not on the path: only effort_server is importable."""
+    for name in ("server", "training"):
+        r = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd="/")
+        assert r.returncode != 0, f"a top-level package {name!r} is installed"
+    subprocess.run([sys.executable, "-c", "import effort_server.server, effort_server.training, effort_server.contract"],
+                   check=True, cwd="/")
+
+
+def test_help_lists_every_command():
+    r = subprocess.run([sys.executable, "-m", "effort_server.cli", "--help"], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0
+    for c in ("serve", "bench", "train", "merge", "eval", "router", "report", "data"):
+        assert c in r.stdout
+
+
+def _docstrings():
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    for folder in ("effort_server", "server", "training"):
+        for f in sorted((repo / folder).rglob("*.py")):
+            tree = ast.parse(f.read_text())
+            for node in [tree, *ast.walk(tree)]:
+                if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    doc = ast.get_docstring(node)
+                    if doc:
+                        yield f"{f.relative_to(repo)}:{getattr(node, 'name', 'module')}", doc
+
+
+def test_docstrings_are_contracts_not_histories():
+    """A docstring states a contract in at most 15 lines; history lives in docs/LOG.md."""
+    long = {where: len(doc.splitlines()) for where, doc in _docstrings() if len(doc.splitlines()) > 15}
+    assert not long, long
