@@ -59,8 +59,8 @@ class DLERDA(DLER):
     kind = "dler-da"
     Options = DlerDaOptions
 
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
+    def __init__(self, cfg, ctx, options=None):
+        super().__init__(cfg, ctx, options)
         self.pass_rate: dict[str, float] = {}
         self.own_len: dict[str, float] = {}
 
