@@ -299,9 +299,9 @@ def test_server_serves_shipped_adapters_by_name(client, model_dir, kind):
 @pytest.mark.parametrize("kind", ["dler", "dler-da", "e1"])
 def test_quick_adapters_generate_in_the_engine(quick_adapters, evaluator, task, kind):
     """A freshly trained adapter loads into vLLM as the server loads it (LoRA + its manifest's control)."""
-    from effort_server.server.registry import load_adapter
+    from effort_server.server.registry import scan
 
-    adapter = load_adapter(quick_adapters / f"q-{kind}")
+    adapter = scan([quick_adapters])[f"q-{kind}"]
     probs = task.problems("test", 4, seed=5)
     rows = evaluator.generate(probs, task, adapter, [None] * len(probs), max_tokens=64, effort=0.5)
     assert len(rows) == 4 and all(r["completion_tokens"] > 0 for r in rows)
