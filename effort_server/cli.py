@@ -51,15 +51,25 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     return cls(**kw)
 
 
+def config_command(module: str, config: str, run: str):
+    """A command that builds `module`'s `config` dataclass from the flags and calls `run` with it
+    (both imported when the command runs)."""
+
+    def command(args) -> int:
+        mod = importlib.import_module(module)
+        getattr(mod, run)(dataclass_from_args(getattr(mod, config), args))
+        return 0
+
+    return command
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the commands of the half named by `argv`'s first word in full (both halves
     when `argv` is None), the others as one-line entries."""
     p = argparse.ArgumentParser(prog="effort", description="Control how hard a reasoning model thinks.")
     sub = p.add_subparsers(dest="command", required=True)
-    words = [a for a in (argv or []) if not a.startswith("-")]
-    wanted = {COMMANDS[words[0]][0]} if argv is not None and words and words[0] in COMMANDS else set()
-    if argv is None:
-        wanted = {"server", "training"}
+    words = [a for a in argv if not a.startswith("-")] if argv is not None else []
+    wanted = {"server", "training"} if argv is None else {COMMANDS[w][0] for w in words[:1] if w in COMMANDS}
     for half in ("server", "training"):
         names = [c for c, (h, _) in COMMANDS.items() if h == half]
         if half in wanted:

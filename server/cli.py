@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from effort_server.cli import add_dataclass_args, dataclass_from_args
+from effort_server.cli import add_dataclass_args, config_command
 
 
 def _cmd_serve(args) -> int:
@@ -34,20 +34,6 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-def _cmd_bench_serve(args) -> int:
-    from .bench import BenchConfig, run_bench
-
-    run_bench(dataclass_from_args(BenchConfig, args))
-    return 0
-
-
-def _cmd_bench_router(args) -> int:
-    from .bench_router import RouterBenchConfig, run_router_bench
-
-    run_router_bench(dataclass_from_args(RouterBenchConfig, args))
-    return 0
-
-
 def add_commands(sub, names: list[str]) -> None:
     from .bench import BenchConfig
     from .bench_router import RouterBenchConfig
@@ -63,7 +49,7 @@ def add_commands(sub, names: list[str]) -> None:
     bsub = bench.add_subparsers(dest="bench", required=True)
     bs = bsub.add_parser("serve", help="our server vs vLLM's own OpenAI server on the same model")
     add_dataclass_args(bs, BenchConfig, "benchmark")
-    bs.set_defaults(func=_cmd_bench_serve)
+    bs.set_defaults(func=config_command("effort_server.server.bench", "BenchConfig", "run_bench"))
     br = bsub.add_parser("router", help="time the router + policy per request against the policy without a router")
     add_dataclass_args(br, RouterBenchConfig, "benchmark")
-    br.set_defaults(func=_cmd_bench_router)
+    br.set_defaults(func=config_command("effort_server.server.bench_router", "RouterBenchConfig", "run_router_bench"))

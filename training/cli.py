@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from effort_server.cli import CliError, add_dataclass_args, dataclass_from_args
-
-
-def _cmd_train_base(args) -> int:
-    from .base_model import BaseModelConfig, train_base
-
-    train_base(dataclass_from_args(BaseModelConfig, args))
-    return 0
+from effort_server.cli import CliError, add_dataclass_args, config_command, dataclass_from_args
 
 
 def _cmd_train_recipe(args) -> int:
@@ -21,41 +14,6 @@ def _cmd_train_recipe(args) -> int:
     cls = RECIPES[args.recipe]
     options = dataclass_from_args(cls.Options, args) if cls.Options else None
     train_recipe(cls, dataclass_from_args(RLConfig, args), options=options)
-    return 0
-
-
-def _cmd_merge(args) -> int:
-    from .merge import MergeConfig, merge
-
-    merge(dataclass_from_args(MergeConfig, args))
-    return 0
-
-
-def _cmd_eval(args) -> int:
-    from .evaluate import EvalConfig, run_eval
-
-    run_eval(dataclass_from_args(EvalConfig, args))
-    return 0
-
-
-def _cmd_router_fit(args) -> int:
-    from .router_fit import RouterFitConfig, run_fit
-
-    run_fit(dataclass_from_args(RouterFitConfig, args))
-    return 0
-
-
-def _cmd_router_calibrate(args) -> int:
-    from .router_fit import RouterCalibrateConfig, run_calibrate
-
-    run_calibrate(dataclass_from_args(RouterCalibrateConfig, args))
-    return 0
-
-
-def _cmd_report_base(args) -> int:
-    from .base_report import BaseReportConfig, run_base_report
-
-    run_base_report(dataclass_from_args(BaseReportConfig, args))
     return 0
 
 
@@ -84,7 +42,7 @@ def add_commands(sub, names: list[str]) -> None:
     tsub = train.add_subparsers(dest="recipe", required=True)
     base = tsub.add_parser("base", help="train the embedded tiny reasoning model from scratch (SFT)")
     add_dataclass_args(base, BaseModelConfig, "base model")
-    base.set_defaults(func=_cmd_train_base)
+    base.set_defaults(func=config_command("effort_server.training.base_model", "BaseModelConfig", "train_base"))
     for kind, cls in RECIPES.items():
         r = tsub.add_parser(kind, help=(cls.__doc__ or kind).strip().splitlines()[0],
                             description=cls.module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,26 +53,26 @@ def add_commands(sub, names: list[str]) -> None:
 
     mg = sub.add_parser("merge", help="update-selective merge of a trained adapter into a new adapter")
     add_dataclass_args(mg, MergeConfig, "merge")
-    mg.set_defaults(func=_cmd_merge)
+    mg.set_defaults(func=config_command("effort_server.training.merge", "MergeConfig", "merge"))
 
     ev = sub.add_parser("eval", help="measure accuracy vs reasoning tokens for adapters x efforts/budgets")
     add_dataclass_args(ev, EvalConfig, "evaluation")
-    ev.set_defaults(func=_cmd_eval)
+    ev.set_defaults(func=config_command("effort_server.training.evaluate", "EvalConfig", "run_eval"))
 
     ro = sub.add_parser("router", help="the difficulty router for effort 'auto': fit and calibrate")
     rosub = ro.add_subparsers(dest="router_cmd", required=True)
     rf = rosub.add_parser("fit", help="fit the router from effort-eval results and/or training rollouts")
     add_dataclass_args(rf, RouterFitConfig, "router fit")
-    rf.set_defaults(func=_cmd_router_fit)
+    rf.set_defaults(func=config_command("effort_server.training.router_fit", "RouterFitConfig", "run_fit"))
     rc = rosub.add_parser("calibrate", help="calibrate the auto policy's margin on held-out eval results")
     add_dataclass_args(rc, RouterCalibrateConfig, "router calibrate")
-    rc.set_defaults(func=_cmd_router_calibrate)
+    rc.set_defaults(func=config_command("effort_server.training.router_fit", "RouterCalibrateConfig", "run_calibrate"))
 
     rep = sub.add_parser("report", help="measured reports")
     rsub = rep.add_subparsers(dest="report", required=True)
     rb = rsub.add_parser("base", help="the base model's overthinking profile")
     add_dataclass_args(rb, BaseReportConfig, "base report")
-    rb.set_defaults(func=_cmd_report_base)
+    rb.set_defaults(func=config_command("effort_server.training.base_report", "BaseReportConfig", "run_base_report"))
 
     data = sub.add_parser("data", help="export a task's problems as JSONL")
     g = data.add_argument_group("data")

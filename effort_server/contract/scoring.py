@@ -17,7 +17,6 @@ margin). Scoring one prompt costs well under a millisecond.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os

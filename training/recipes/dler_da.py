@@ -52,6 +52,12 @@ class DlerDaOptions:
     p_ref: float = field(default=0.5, metadata={"help": "running pass rate at or below which a prompt keeps DLER's limit"})
     p_full: float = field(default=0.8, metadata={"help": "running pass rate at or above which the limit is fully tightened"})
 
+    def __post_init__(self):
+        if not 0 < self.shrink <= 1:
+            raise ValueError(f"--shrink must be in (0, 1], not {self.shrink}")
+        if not 0 <= self.p_ref < self.p_full <= 1:
+            raise ValueError(f"need 0 <= --p-ref < --p-full <= 1, not {self.p_ref} / {self.p_full}")
+
 
 class DLERDA(DLER):
     """Difficulty-aware DLER: tighter truncation on prompts the model solves easily."""

@@ -133,6 +133,24 @@ class E1Options:
     anchor_lr: float = field(default=2e-4, metadata={"help": "anchor: learning rate"})
     reserve_s: float = field(default=330.0, metadata={"help": "seconds of the --minutes cap kept for the anchor"})
 
+    def __post_init__(self):
+        for k in ("warmup_min_steps", "warmup_max_steps", "warmup_check", "warm_prompts", "warm_samples",
+                  "reference_samples", "calibration_n", "anchor_prompts"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1")
+        if self.warmup_max_steps < self.warmup_min_steps:
+            raise ValueError("--warmup-max-steps must be >= --warmup-min-steps")
+        if not 0 <= self.reference_quantile <= 1 or self.band <= 0 or self.tol <= 0 or self.anchor_lr <= 0:
+            raise ValueError("--reference-quantile must be in [0, 1]; --band, --tol and --anchor-lr must be positive")
+        if self.anchor_steps < 0 or self.reserve_s < 0:
+            raise ValueError("--anchor-steps and --reserve-s must be >= 0")
+        try:
+            short = [float(x) for x in self.anchor_short.split(",") if x.strip()]
+        except ValueError:
+            short = []
+        if not short or not all(0 < x <= 1 for x in short):
+            raise ValueError(f"--anchor-short must be a comma list of efforts in (0, 1], not {self.anchor_short!r}")
+
 
 class E1(Recipe):
     """e1: one adapter, effort fraction in the prompt, calibrated after training."""
