@@ -17,10 +17,11 @@ eval-demo: setup
 tools:
 	bash scripts/tools.sh
 
-test: setup tools
+# Lint and format check first (fails in seconds), then the whole suite.
+test: setup tools lint
 	$(PY) -m pytest -q -rs
 
-# ruff: lint and format (line length 119, pyproject.toml); `make format` rewrites. Not yet in `make test`: the tree is not formatted yet
+# ruff: lint and format check (line length 119, pyproject.toml); `make format` rewrites the tree.
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

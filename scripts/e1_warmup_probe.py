@@ -39,28 +39,42 @@ def sample(a):
     greedy = ev.generate(probs, task, None, [None] * len(probs))
     full = {r["id"]: r["reasoning_tokens"] for r in greedy}
     rows = greedy + ev.generate(probs, task, None, [None] * len(probs), temperature=1.0, samples=a.samples, seed=11)
-    Path(a.out).write_text(json.dumps([dict(q=r["question"], t_ref=full[r["id"]], reasoning=r["reasoning"],
-                                            answer=r["answer_text"], rt=r["reasoning_tokens"], correct=r["correct"])
-                                       for r in rows]))
+    Path(a.out).write_text(
+        json.dumps(
+            [
+                dict(
+                    q=r["question"],
+                    t_ref=full[r["id"]],
+                    reasoning=r["reasoning"],
+                    answer=r["answer_text"],
+                    rt=r["reasoning_tokens"],
+                    correct=r["correct"],
+                )
+                for r in rows
+            ]
+        )
+    )
 
 
 def _render(tok, question, effort):
-    return tok.apply_chat_template([{"role": "user", "content": CONTROL.render(question, effort)}],
-                                   add_generation_prompt=True, tokenize=False)
+    return tok.apply_chat_template(
+        [{"role": "user", "content": CONTROL.render(question, effort)}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def warmup(a):
     import torch
+    from effort_server.training.base_model import _pad
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from effort_server.training.base_model import _pad
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.base)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(a.base),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS.split(","), task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(a.base),
+        LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS.split(","), task_type="CAUSAL_LM"),
+    )
     bins = collections.defaultdict(list)
     samples = json.loads(Path(a.samples).read_text())
     if a.per_prompt:  # each prompt, each effort: its correct sample nearest that ratio (the recipe's relabel)
@@ -83,10 +97,13 @@ def warmup(a):
     for e, items in bins.items():
         for s in items + rng.choices(items, k=per - len(items)):
             p = tok(_render(tok, s["q"], e), add_special_tokens=False)["input_ids"]
-            c = tok("<think>" + s["reasoning"] + "</think>" + s["answer"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            c = tok("<think>" + s["reasoning"] + "</think>" + s["answer"] + "<|im_end|>", add_special_tokens=False)[
+                "input_ids"
+            ]
             ids = p + c
-            w = [0.0] * len(p) + [a.weight if (ids[i] in decision or ids[i - 1] == ok) else 1.0
-                                  for i in range(len(p), len(ids))]
+            w = [0.0] * len(p) + [
+                a.weight if (ids[i] in decision or ids[i - 1] == ok) else 1.0 for i in range(len(p), len(ids))
+            ]
             pairs.append((ids, w))
     opt = torch.optim.AdamW([x for x in model.parameters() if x.requires_grad], lr=a.lr)
     model.train()
@@ -95,10 +112,11 @@ def warmup(a):
         x, _, mask = _pad([ids for ids, _ in batch], [ids for ids, _ in batch], tok.pad_token_id)
         wt = torch.zeros(x.shape)
         for i, (_, w) in enumerate(batch):
-            wt[i, :len(w)] = torch.tensor(w)
+            wt[i, : len(w)] = torch.tensor(w)
         logits = model(input_ids=x, attention_mask=mask).logits[:, :-1]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                               reduction="none").view(x.shape[0], -1)
+        ce = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+        ).view(x.shape[0], -1)
         loss = (ce * wt[:, 1:]).sum() / wt[:, 1:].sum()
         opt.zero_grad()
         loss.backward()
@@ -123,20 +141,29 @@ def measure(a):
     close = tok.convert_tokens_to_ids("</think>")
 
     def run(model, contents):
-        texts = [tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
-                 for c in contents]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
+            for c in contents
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=a.max_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=a.max_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
         out = []
-        for row, p in zip(gen[:, enc["input_ids"].shape[1]:].tolist(), probs):
+        for row, p in zip(gen[:, enc["input_ids"].shape[1] :].tolist(), probs):
             n = row.index(close) - 1 if close in row else len(row)
             out.append((n, task.grade(tok.decode(row).split("</think>")[-1], p)))
         return out
 
     full = run(base, [p.question for p in probs])
-    print(f"base: accuracy {sum(c for _, c in full) / len(full):.3f}, mean reasoning {sum(n for n, _ in full) / len(full):.1f}")
+    print(
+        f"base: accuracy {sum(c for _, c in full) / len(full):.3f}, mean reasoning {sum(n for n, _ in full) / len(full):.1f}"
+    )
     for e in a.efforts:
         r = run(tuned, [CONTROL.render(p.question, e) for p in probs])
         ratio = sum(n / max(1, f) for (n, _), (f, _) in zip(r, full)) / len(r)

@@ -50,8 +50,9 @@ def main() -> None:
         ax.grid(color="#2c3235", linewidth=0.5)
         for t in panel["targets"]:
             q = t["expr"].replace("$__rate_interval", args.rate)
-            r = httpx.get(f"{args.prometheus}/api/v1/query_range",
-                          params={"query": q, "start": start, "end": end, "step": 5}).json()
+            r = httpx.get(
+                f"{args.prometheus}/api/v1/query_range", params={"query": q, "start": start, "end": end, "step": 5}
+            ).json()
             for series in r["data"]["result"][:8]:
                 xs = [(float(x) - end) / 60 for x, _ in series["values"]]
                 ys = [float(y) for _, y in series["values"]]
@@ -59,7 +60,7 @@ def main() -> None:
         if ax.lines:
             ax.legend(fontsize=6, loc="upper left", facecolor="#181b1f", labelcolor="#ccccdc", framealpha=0.7)
         ax.set_xlabel("minutes", color="#8e8e9e", fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle("effort-server (deploy/grafana/effort.json, data from Prometheus)", color="#ccccdc")
     fig.tight_layout()

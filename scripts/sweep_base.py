@@ -20,8 +20,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from effort_server.training import base_model as bm  # noqa: E402
 from effort_server.training.tasks import digits as dg  # noqa: E402
 
-BASE = dict(batch_size=32, lr=3e-3, curriculum_start=6, curriculum_until=0.4, hidden=128, layers=4, heads=4,
-            kv_heads=2, max_digits=16, styles=None, warm=0.03, tok=1.0)
+BASE = dict(
+    batch_size=32,
+    lr=3e-3,
+    curriculum_start=6,
+    curriculum_until=0.4,
+    hidden=128,
+    layers=4,
+    heads=4,
+    kv_heads=2,
+    max_digits=16,
+    styles=None,
+    warm=0.03,
+    tok=1.0,
+)
 CONFIGS = {
     "A": {},
     "B": dict(batch_size=64, lr=2e-3, curriculum_start=16),
@@ -55,18 +67,35 @@ def run(name: str, tokens_budget: float, device: str, n_eval: int, threads: int,
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     task = dg.DigitsTask(max_digits=c["max_digits"], styles=c["styles"] or None)
-    cfg = bm.BaseModelConfig(hidden=c["hidden"], layers=c["layers"], heads=c["heads"], kv_heads=c["kv_heads"],
-                             batch_size=c["batch_size"], lr=c["lr"], warmup=c["warm"], tokens=tokens_budget,
-                             curriculum_start=c["curriculum_start"], curriculum_until=c["curriculum_until"],
-                             max_steps=10**6)
+    cfg = bm.BaseModelConfig(
+        hidden=c["hidden"],
+        layers=c["layers"],
+        heads=c["heads"],
+        kv_heads=c["kv_heads"],
+        batch_size=c["batch_size"],
+        lr=c["lr"],
+        warmup=c["warm"],
+        tokens=tokens_budget,
+        curriculum_start=c["curriculum_start"],
+        curriculum_until=c["curriculum_until"],
+        max_steps=10**6,
+    )
     tok, model, _ = bm._new_model(cfg, task)
     model.to(device)
     t0 = time.time()
     steps, seen = bm.fit(cfg, model, tok, task, random.Random(seed), budget_s=1e9, device=device, log=lambda *_: None)
     train_s = time.time() - t0
     acc = evaluate(model, tok, device, n_eval)
-    return {"name": name, "seed": seed, "config": c, "steps": steps, "tokens": seen, "train_s": round(train_s, 1),
-            "params": sum(p.numel() for p in model.parameters()), "accuracy": acc}
+    return {
+        "name": name,
+        "seed": seed,
+        "config": c,
+        "steps": steps,
+        "tokens": seen,
+        "train_s": round(train_s, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+        "accuracy": acc,
+    }
 
 
 def evaluate(model, tok, device: str, n: int) -> dict:
@@ -79,13 +108,19 @@ def evaluate(model, tok, device: str, n: int) -> dict:
     lens: dict[str, list[int]] = {}
     end = tok.convert_tokens_to_ids(bm.THINK_END)
     for i in range(0, len(probs), 100):
-        chunk = probs[i:i + 100]
-        enc = tok([bm.render_prompt(p.question) for p in chunk], return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(device)
+        chunk = probs[i : i + 100]
+        enc = tok(
+            [bm.render_prompt(p.question) for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=260, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-        for p, row in zip(chunk, out[:, enc["input_ids"].shape[1]:].tolist()):
+            out = model.generate(
+                **enc,
+                max_new_tokens=260,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        for p, row in zip(chunk, out[:, enc["input_ids"].shape[1] :].tolist()):
             text = tok.decode(row, skip_special_tokens=False)
             b = dg.DigitsTask().bucket(p)
             hits.setdefault(b, []).append(int(dg.DigitsTask().grade(text, p)))

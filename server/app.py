@@ -19,10 +19,17 @@ from .service import Service
 
 log = logging.getLogger("effort.app")
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 502, 503, 504)}
-SSE_EVENT = {"type": "object", "required": ["data"],
-             "properties": {"data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"}}}
-STREAMS = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
-                 "description": "JSON, or server-sent events when `stream` is true"}}
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"}},
+}
+STREAMS = {
+    200: {
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
+        "description": "JSON, or server-sent events when `stream` is true",
+    }
+}
 
 
 class Guard:
@@ -34,8 +41,11 @@ class Guard:
         self.app, self.s, self.keys, self.metrics = app, settings, keys, metrics
 
     def _protected(self, path: str) -> bool:
-        return path.startswith("/v1") or (path == "/health" and self.s.protect_health) or \
-            (path == "/metrics" and self.s.protect_metrics)
+        return (
+            path.startswith("/v1")
+            or (path == "/health" and self.s.protect_health)
+            or (path == "/metrics" and self.s.protect_metrics)
+        )
 
     async def _reject(self, scope, receive, send, exc, reason: str):
         self.metrics.rejections.labels(reason).inc()
@@ -78,6 +88,7 @@ class Guard:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
+
         return await self.app(scope, replay, send)
 
 
@@ -101,12 +112,20 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
         finally:
             await service.shutdown()
 
-    app = FastAPI(title="effort-server", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible API with per-request control of reasoning effort.")
+    app = FastAPI(
+        title="effort-server",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="OpenAI-compatible API with per-request control of reasoning effort.",
+    )
     app.state.service = service
     errors.install(app)
-    app.add_middleware(Guard, settings=settings, keys=KeyCheck(load_keys(settings.api_key, settings.api_keys_file)),
-                       metrics=service.metrics)
+    app.add_middleware(
+        Guard,
+        settings=settings,
+        keys=KeyCheck(load_keys(settings.api_key, settings.api_keys_file)),
+        metrics=service.metrics,
+    )
 
     def _stream(gen):
         async def guarded():
@@ -115,6 +134,7 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
                     yield piece
             except errors.APIError as e:
                 yield f"data: {errors.ErrorResponse(error=errors.ErrorInfo(message=e.message, type=e.type, param=e.param, code=e.code)).model_dump_json()}\n\n"
+
         return StreamingResponse(guarded(), media_type="text/event-stream")
 
     async def _run(coro, endpoint: str):
@@ -149,9 +169,14 @@ def build_app(settings: ServerSettings, engine: EngineSettings, service: Service
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok", "model": service.base_name, "adapters": list(service.adapters)}
 
-    @app.get("/metrics", response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text format"}, 401: {"model": ErrorResponse}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+            401: {"model": ErrorResponse},
+        },
+    )
     async def metrics():
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

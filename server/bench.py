@@ -29,14 +29,22 @@ from .engine import EngineSettings, default_model, has_gpu, kv_cache_bytes
 class BenchConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     requests: int = field(default=32, metadata={"help": "requests per scenario (at least --waves x the concurrency)"})
-    waves: int = field(default=8, metadata={"help": "each scenario sends at least this many rounds of `concurrency` requests"})
-    repeats: int = field(default=6, metadata={"help": "alternating repeats per scenario (medians; ratios: median of the pairs)"})
+    waves: int = field(
+        default=8, metadata={"help": "each scenario sends at least this many rounds of `concurrency` requests"}
+    )
+    repeats: int = field(
+        default=6, metadata={"help": "alternating repeats per scenario (medians; ratios: median of the pairs)"}
+    )
     max_tokens: int = field(default=256, metadata={"help": "max tokens per request"})
     concurrency: str = field(default="1,16", metadata={"help": "comma list of concurrency levels"})
     port: int = field(default=8301, metadata={"help": "first of the two ports used"})
     out: str = field(default="", metadata={"help": "also write the table as Markdown to this file"})
-    prompts: str = field(default="", metadata={"help": "JSONL of {\"question\": ...} (default: the embedded model's prompts.jsonl)"})
-    upstream: bool = field(default=False, metadata={"help": "measure gateway mode: ours in front of vLLM's server vs vLLM directly"})
+    prompts: str = field(
+        default="", metadata={"help": 'JSONL of {"question": ...} (default: the embedded model\'s prompts.jsonl)'}
+    )
+    upstream: bool = field(
+        default=False, metadata={"help": "measure gateway mode: ours in front of vLLM's server vs vLLM directly"}
+    )
 
     def __post_init__(self):
         if self.requests < 1 or self.repeats < 1 or self.max_tokens < 1 or self.waves < 1:
@@ -78,16 +86,45 @@ def full_effort_budget(max_tokens: int) -> int:
     return reasoning_cap(max_tokens, ServerSettings().answer_reserve)
 
 
-def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], served: str = "bench",
-             loras: dict[str, str] | None = None) -> list[str]:
+def vllm_cmd(
+    model: str,
+    port: int,
+    s: EngineSettings,
+    think: tuple[str, str],
+    served: str = "bench",
+    loras: dict[str, str] | None = None,
+) -> list[str]:
     """vLLM's own OpenAI server on `model` with our engine settings, the think markers as its
     reasoning config and `loras` (name → folder) as LoRA modules."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-           "--host", "127.0.0.1", "--max-model-len", str(s.max_model_len), "--max-num-seqs", str(s.max_num_seqs),
-           "--enable-lora", "--max-loras", str(s.max_loras), "--max-lora-rank", str(s.max_lora_rank),
-           "--seed", str(s.seed), "--served-model-name", served,
-           "--reasoning-config", json.dumps({"reasoning_start_str": think[0], "reasoning_end_str": think[1]}),
-           "--reasoning-parser", "deepseek_r1", "--disable-uvicorn-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--max-model-len",
+        str(s.max_model_len),
+        "--max-num-seqs",
+        str(s.max_num_seqs),
+        "--enable-lora",
+        "--max-loras",
+        str(s.max_loras),
+        "--max-lora-rank",
+        str(s.max_lora_rank),
+        "--seed",
+        str(s.seed),
+        "--served-model-name",
+        served,
+        "--reasoning-config",
+        json.dumps({"reasoning_start_str": think[0], "reasoning_end_str": think[1]}),
+        "--reasoning-parser",
+        "deepseek_r1",
+        "--disable-uvicorn-access-log",
+    ]
     if loras:
         cmd += ["--lora-modules", *(f"{n}={p}" for n, p in loras.items())]
     if not has_gpu():
@@ -99,8 +136,22 @@ def vllm_cmd(model: str, port: int, s: EngineSettings, think: tuple[str, str], s
 
 
 def _ours_cmd(model: str, port: int, upstream: str = "") -> list[str]:
-    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--model", model, "--port", str(port),
-           "--served-model-name", "bench", "--log-level", "warning", "--adapters", "/nonexistent-adapters"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "effort_server.cli",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--log-level",
+        "warning",
+        "--adapters",
+        "/nonexistent-adapters",
+    ]
     return cmd + (["--upstream", upstream] if upstream else [])
 
 
@@ -122,8 +173,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300, path: str
 
 
 async def _one(client, url: str, question: str, stream: bool, max_tokens: int, budget: int | None = None) -> dict:
-    body = {"model": "bench", "messages": [{"role": "user", "content": question}], "temperature": 0,
-            "max_tokens": max_tokens, "stream": stream}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
     if budget is not None:
         body["thinking_token_budget"] = budget
     if stream:
@@ -151,23 +207,30 @@ async def _one(client, url: str, question: str, stream: bool, max_tokens: int, b
     return {"e2e": e2e, "ttft": ttft if ttft is not None else e2e, "tokens": tokens}
 
 
-async def _scenario(url: str, questions: list[str], concurrency: int, stream: bool, max_tokens: int,
-                    budget: int | None = None) -> dict:
+async def _scenario(
+    url: str, questions: list[str], concurrency: int, stream: bool, max_tokens: int, budget: int | None = None
+) -> dict:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
         async def run(q):
             async with sem:
                 return await _one(client, url, q, stream, max_tokens, budget)
+
         t0 = time.perf_counter()
         rows = await asyncio.gather(*(run(q) for q in questions))
         wall = time.perf_counter() - t0
     lat = sorted(r["e2e"] for r in rows)
-    return {"throughput": sum(r["tokens"] for r in rows) / wall, "p50": statistics.median(lat),
-            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "ttft50": statistics.median(r["ttft"] for r in rows), "tokens": sum(r["tokens"] for r in rows)}
+    return {
+        "throughput": sum(r["tokens"] for r in rows) / wall,
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "ttft50": statistics.median(r["ttft"] for r in rows),
+        "tokens": sum(r["tokens"] for r in rows),
+    }
 
 
 def _order(i: int) -> tuple[str, str]:
@@ -175,8 +238,9 @@ def _order(i: int) -> tuple[str, str]:
     return ("vllm", "ours") if i % 2 == 0 else ("ours", "vllm")
 
 
-async def _paired(urls: dict[str, str], questions: list[str], stream: bool, max_tokens: int,
-                  budget: int | None = None) -> list[float]:
+async def _paired(
+    urls: dict[str, str], questions: list[str], stream: bool, max_tokens: int, budget: int | None = None
+) -> list[float]:
     """Concurrency 1, request by request: each question goes to both servers back to back (which
     one first alternates); the per-request end-to-end ratios ours / vLLM. A pair sees the same
     spell of the machine, which a block of 32 requests to one server and then the other does not."""
@@ -197,15 +261,18 @@ def paired_line(ratios: dict[bool, list[float]]) -> str:
     parts = []
     for stream, rs in ratios.items():
         q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
-        parts.append(f"{'streamed' if stream else 'not streamed'} {q[1]:.3f} (IQR {q[0]:.3f}-{q[2]:.3f}, "
-                     f"{len(rs)} requests)")
-    return ("Request by request at concurrency 1 (each question to both servers back to back, order "
-            "alternating), median of the per-request e2e ratios ours / vLLM: " + "; ".join(parts) + ".")
+        parts.append(
+            f"{'streamed' if stream else 'not streamed'} {q[1]:.3f} (IQR {q[0]:.3f}-{q[2]:.3f}, {len(rs)} requests)"
+        )
+    return (
+        "Request by request at concurrency 1 (each question to both servers back to back, order "
+        "alternating), median of the per-request e2e ratios ours / vLLM: " + "; ".join(parts) + "."
+    )
 
 
 def run_bench(cfg: BenchConfig) -> str:
-    from .engine import prepare_env
     from ..contract.manifest import ModelManifest
+    from .engine import prepare_env
 
     model = cfg.model or default_model()
     prepare_env(model)
@@ -220,8 +287,10 @@ def run_bench(cfg: BenchConfig) -> str:
     procs, env = {}, dict(os.environ)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     urls = {"vllm": f"http://127.0.0.1:{cfg.port}", "ours": f"http://127.0.0.1:{cfg.port + 1}"}
-    cmds = {"vllm": vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
-            "ours": _ours_cmd(model, cfg.port + 1, urls["vllm"] if cfg.upstream else "")}
+    cmds = {
+        "vllm": vllm_cmd(model, cfg.port, EngineSettings(model=model), think),
+        "ours": _ours_cmd(model, cfg.port + 1, urls["vllm"] if cfg.upstream else ""),
+    }
     ready = {}
     try:
         for name in ("vllm", "ours"):  # one at a time: start-up time is part of the table
@@ -237,10 +306,19 @@ def run_bench(cfg: BenchConfig) -> str:
                 results[key] = {"vllm": [], "ours": []}
                 for rep in range(cfg.repeats):  # A B, B A, …: neither server always runs right after the other
                     for name in _order(rep):
-                        results[key][name].append(asyncio.run(_scenario(urls[name], questions[:sizes[conc]], conc,
-                                                                        stream, cfg.max_tokens, budget)))
-        paired = {stream: asyncio.run(_paired(urls, questions[:cfg.requests], stream, cfg.max_tokens, budget))
-                  for stream in (False, True)} if 1 in cfg.levels else {}
+                        results[key][name].append(
+                            asyncio.run(
+                                _scenario(urls[name], questions[: sizes[conc]], conc, stream, cfg.max_tokens, budget)
+                            )
+                        )
+        paired = (
+            {
+                stream: asyncio.run(_paired(urls, questions[: cfg.requests], stream, cfg.max_tokens, budget))
+                for stream in (False, True)
+            }
+            if 1 in cfg.levels
+            else {}
+        )
     finally:
         for p in procs.values():
             p.terminate()
@@ -259,23 +337,33 @@ def run_bench(cfg: BenchConfig) -> str:
 
 def _table(results, ready, upstream: bool = False, note: str = "") -> str:
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
-    lines = ["| concurrency | stream | server | output tok/s | p50 e2e (s) | p99 e2e (s) | p50 TTFT (s) |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| concurrency | stream | server | output tok/s | p50 e2e (s) | p99 e2e (s) | p50 TTFT (s) |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
     for (conc, stream), by in results.items():
         vals = {n: {k: med(by[n], k) for k in ("throughput", "p50", "p99", "ttft50")} for n in by}
         for n in ("vllm", "ours"):
             v = vals[n]
-            lines.append(f"| {conc} | {'yes' if stream else 'no'} | {n} | {v['throughput']:.0f} | {v['p50']:.3f} | "
-                         f"{v['p99']:.3f} | {v['ttft50']:.3f} |")
+            lines.append(
+                f"| {conc} | {'yes' if stream else 'no'} | {n} | {v['throughput']:.0f} | {v['p50']:.3f} | "
+                f"{v['p99']:.3f} | {v['ttft50']:.3f} |"
+            )
         r = {k: statistics.median(o[k] / v[k] for o, v in zip(by["ours"], by["vllm"])) for k in vals["ours"]}
-        lines.append(f"| {conc} | {'yes' if stream else 'no'} | **ours / vLLM** | **{r['throughput']:.2f}** | "
-                     f"**{r['p50']:.2f}** | {r['p99']:.2f} | {r['ttft50']:.2f} |")
+        lines.append(
+            f"| {conc} | {'yes' if stream else 'no'} | **ours / vLLM** | **{r['throughput']:.2f}** | "
+            f"**{r['p50']:.2f}** | {r['p99']:.2f} | {r['ttft50']:.2f} |"
+        )
     lines.append("")
-    lines.append("Values: medians over repeats; ours / vLLM: the median of the per-repeat ratios (the two runs of "
-                 "a repeat are back to back).")
+    lines.append(
+        "Values: medians over repeats; ours / vLLM: the median of the per-repeat ratios (the two runs of "
+        "a repeat are back to back)."
+    )
     if upstream:
-        lines.append("Gateway mode: `vllm` = vLLM's server called directly, `ours` = the same server through "
-                     "`effort serve --upstream`.")
+        lines.append(
+            "Gateway mode: `vllm` = vLLM's server called directly, `ours` = the same server through "
+            "`effort serve --upstream`."
+        )
     if note:
         lines.append(note)
     lines.append(f"Start-up to ready: vLLM {ready['vllm']:.1f} s, ours {ready['ours']:.1f} s.")

@@ -29,8 +29,13 @@ def _cmd_serve(args) -> int:
     # uvicorn drains in-flight requests on SIGTERM (up to drain_timeout), then re-raises the signal
     # under the handler it found: with this one the process then exits 0 instead of dying by it
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=settings.drain_timeout)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=settings.drain_timeout,
+    )
     return 0
 
 

@@ -38,7 +38,7 @@ def has_gpu() -> bool:
         return False
 
 
-SMALL_MODEL_BYTES = 64 * 2 ** 20
+SMALL_MODEL_BYTES = 64 * 2**20
 _USER_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
@@ -61,13 +61,18 @@ def kv_cache_bytes(settings: "EngineSettings") -> int | None:
     user_args = json.loads(settings.engine_args) if settings.engine_args else {}
     if has_gpu() or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "kv_cache_memory_bytes" in user_args:
         return None
-    lo, hi = 64 * 2 ** 20, 2 ** 30
+    lo, hi = 64 * 2**20, 2**30
     try:
         cfg = json.loads((Path(settings.model or default_model()) / "config.json").read_text())
         cfg = cfg.get("text_config", cfg)
         heads = cfg["num_attention_heads"]
-        per_token = 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) \
-            * cfg.get("head_dim", cfg["hidden_size"] // heads) * 4
+        per_token = (
+            2
+            * cfg["num_hidden_layers"]
+            * cfg.get("num_key_value_heads", heads)
+            * cfg.get("head_dim", cfg["hidden_size"] // heads)
+            * 4
+        )
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return hi
     return min(hi, max(lo, per_token * settings.max_num_seqs * settings.max_model_len))
@@ -156,18 +161,23 @@ if hasattr(os, "register_at_fork"):
 class EngineSettings:
     model: str = field(default="", metadata={"help": "model folder or id (default: the embedded model)"})
     max_model_len: int = field(default=1024, metadata={"help": "max tokens of prompt + completion"})
-    dtype: str = field(default="auto", metadata={"help": "weights/activations dtype (auto, float32, bfloat16, float16)"})
+    dtype: str = field(
+        default="auto", metadata={"help": "weights/activations dtype (auto, float32, bfloat16, float16)"}
+    )
     max_num_seqs: int = field(default=64, metadata={"help": "max requests the engine runs at once"})
     max_loras: int = field(default=4, metadata={"help": "adapters resident in one batch"})
     max_lora_rank: int = field(default=16, metadata={"help": "largest LoRA rank served"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (tensor parallel)"})
     pipeline_parallel_size: int = field(default=1, metadata={"help": "pipeline stages (multi-node on Ray)"})
     distributed_executor_backend: str = field(
-        default="", metadata={"help": "vLLM executor: uni, mp or ray (default: uni on CPU, vLLM's choice on GPU)"})
+        default="", metadata={"help": "vLLM executor: uni, mp or ray (default: uni on CPU, vLLM's choice on GPU)"}
+    )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "GPU memory fraction for the engine"})
     enforce_eager: bool = field(default=False, metadata={"help": "disable CUDA graphs (always on for CPU)"})
     seed: int = field(default=0, metadata={"help": "engine seed"})
-    engine_args: str = field(default="", metadata={"help": "extra vLLM engine args as JSON, e.g. '{\"quantization\": \"fp8\"}'"})
+    engine_args: str = field(
+        default="", metadata={"help": 'extra vLLM engine args as JSON, e.g. \'{"quantization": "fp8"}\''}
+    )
 
     def __post_init__(self):
         if self.max_model_len < 16:
@@ -231,12 +241,14 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
         reasoning_config=ReasoningConfig(reasoning_start_str=think_start, reasoning_end_str=think_end),
         # structured answers: vLLM applies the grammar after the end marker, found by our parser plugin
         structured_outputs_config=StructuredOutputsConfig(
-            reasoning_parser="effort-markers", reasoning_parser_plugin="effort_server.server.think_parser"),
+            reasoning_parser="effort-markers", reasoning_parser_plugin="effort_server.server.think_parser"
+        ),
     )
     os.environ["EFFORT_THINK_MARKERS"] = json.dumps([think_start, think_end])  # read by the plugin, in vLLM's process
     # loaded here, so the engine process forked from this heap finds it loaded (A/B against the
     # code before structured answers: 0.98-1.00 x the latency; loaded by file path there: 1.02-1.03)
     import effort_server.server.think_parser  # noqa: F401
+
     kv = kv_cache_bytes(settings)
     if kv:
         kw["kv_cache_memory_bytes"] = kv
@@ -248,4 +260,3 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
     if settings.engine_args:
         kw.update(json.loads(settings.engine_args))
     return kw
-

@@ -50,8 +50,14 @@ class EngineUnavailable(APIError):
     status, type, code = 503, "server_error", "engine_unavailable"
 
 
-def error_body(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
-               headers: dict | None = None) -> JSONResponse:
+def error_body(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorInfo(message=message, type=type_, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 

@@ -88,8 +88,11 @@ class Admission:
         if self._sem is None:
             return False
         if self.running + self.queued >= self.max_concurrent + self.max_queue:
-            raise Overloaded(f"server busy: {self.running} requests running and {self.queued} queued "
-                             f"(limits {self.max_concurrent} / {self.max_queue}); retry later", self.retry_after)
+            raise Overloaded(
+                f"server busy: {self.running} requests running and {self.queued} queued "
+                f"(limits {self.max_concurrent} / {self.max_queue}); retry later",
+                self.retry_after,
+            )
         self.queued += 1
         try:
             await self._sem.acquire()

@@ -34,9 +34,14 @@ def from_engine(token_ids, positions, k: int) -> list[Entry]:
     for tid, pos in zip(token_ids, positions or ()):
         chosen = pos.get(tid)
         ranked = sorted(pos.values(), key=lambda p: p.rank if p.rank is not None else 1 << 30)[:k]
-        out.append(Entry(tid, (chosen.decoded_token if chosen else None) or "",
-                         _lp(chosen.logprob if chosen else None),
-                         tuple((p.decoded_token or "", _lp(p.logprob)) for p in ranked)))
+        out.append(
+            Entry(
+                tid,
+                (chosen.decoded_token if chosen else None) or "",
+                _lp(chosen.logprob if chosen else None),
+                tuple((p.decoded_token or "", _lp(p.logprob)) for p in ranked),
+            )
+        )
     return out
 
 
@@ -80,7 +85,7 @@ class TokenSplitter:
                     self.pending = []
                     self.state = "think" if self.state == "before" else "after"
                     break
-                if marker[:len(ids)] == ids:
+                if marker[: len(ids)] == ids:
                     break
                 (reasoning if self.state == "think" else answer).append(self.pending.pop(0))
         return reasoning, answer
@@ -108,5 +113,9 @@ def completion_logprobs(entries: list[Entry], offset: int, k: int) -> dict:
     for e in entries:
         offsets.append(offset)
         offset += len(e.token)
-    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [dict(e.top) if k else None for e in entries], "text_offset": offsets}
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top) if k else None for e in entries],
+        "text_offset": offsets,
+    }

@@ -20,46 +20,102 @@ LABELS = ("effort_bucket", "adapter", "route")
 class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("effort_requests_total", "Finished requests",
-                                ("endpoint", *LABELS, "finish_reason"), registry=r)
-        self.errors = Counter("effort_request_errors_total", "Requests answered with an error",
-                              ("endpoint", "status"), registry=r)
-        self.e2e = Histogram("effort_e2e_request_latency_seconds", "Request latency, arrival to last token",
-                             LABELS, buckets=LAT, registry=r)
-        self.ttft = Histogram("effort_time_to_first_token_seconds", "Arrival to first generated token",
-                              LABELS, buckets=LAT, registry=r)
-        self.tpot = Histogram("effort_time_per_output_token_seconds", "Mean time per generated token after the first",
-                              LABELS, buckets=TPOT, registry=r)
-        self.prompt_tokens = Histogram("effort_prompt_tokens", "Prompt tokens per request", LABELS, buckets=TOK, registry=r)
-        self.reasoning_tokens = Histogram("effort_reasoning_tokens", "Reasoning tokens per choice", LABELS, buckets=TOK, registry=r)
-        self.answer_tokens = Histogram("effort_answer_tokens", "Answer tokens per choice", LABELS, buckets=TOK, registry=r)
-        self.budget = Histogram("effort_thinking_budget_tokens", "Thinking budget applied per request", LABELS, buckets=TOK, registry=r)
-        self.budget_hits = Counter("effort_budget_hits_total", "Choices whose thinking was cut by the budget", LABELS, registry=r)
-        self.spend = Histogram("effort_spend_tokens", "Reasoning tokens the request's effort allows",
-                               LABELS, buckets=TOK, registry=r)
-        self.fraction = Histogram("effort_realised_fraction",
-                                  "Reasoning tokens per choice / the base's predicted full-effort reasoning",
-                                  LABELS, buckets=FRACTION, registry=r)
-        self.choices = Counter("effort_route_choices_total", "Options the policy chose to answer with",
-                               ("effort_bucket", "route", "choice"), registry=r)
-        self.saved = Counter("effort_tokens_saved_total", "Reasoning tokens saved versus the predicted full-effort length",
-                             LABELS, registry=r)
-        self.router = Counter("effort_router_decisions_total", "Decisions of the difficulty router (effort auto)",
-                              ("effort_bucket", "adapter"), registry=r)
-        self.rejections = Counter("effort_rejections_total", "Requests refused by a limit or the API key check",
-                                  ("reason",), registry=r)
-        self.router_error = Histogram("effort_router_length_error_tokens",
-                                      "|reasoning tokens - the router's prediction| per choice of an auto request",
-                                      LABELS, buckets=TOK, registry=r)
+        self.requests = Counter(
+            "effort_requests_total", "Finished requests", ("endpoint", *LABELS, "finish_reason"), registry=r
+        )
+        self.errors = Counter(
+            "effort_request_errors_total", "Requests answered with an error", ("endpoint", "status"), registry=r
+        )
+        self.e2e = Histogram(
+            "effort_e2e_request_latency_seconds",
+            "Request latency, arrival to last token",
+            LABELS,
+            buckets=LAT,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "effort_time_to_first_token_seconds", "Arrival to first generated token", LABELS, buckets=LAT, registry=r
+        )
+        self.tpot = Histogram(
+            "effort_time_per_output_token_seconds",
+            "Mean time per generated token after the first",
+            LABELS,
+            buckets=TPOT,
+            registry=r,
+        )
+        self.prompt_tokens = Histogram(
+            "effort_prompt_tokens", "Prompt tokens per request", LABELS, buckets=TOK, registry=r
+        )
+        self.reasoning_tokens = Histogram(
+            "effort_reasoning_tokens", "Reasoning tokens per choice", LABELS, buckets=TOK, registry=r
+        )
+        self.answer_tokens = Histogram(
+            "effort_answer_tokens", "Answer tokens per choice", LABELS, buckets=TOK, registry=r
+        )
+        self.budget = Histogram(
+            "effort_thinking_budget_tokens", "Thinking budget applied per request", LABELS, buckets=TOK, registry=r
+        )
+        self.budget_hits = Counter(
+            "effort_budget_hits_total", "Choices whose thinking was cut by the budget", LABELS, registry=r
+        )
+        self.spend = Histogram(
+            "effort_spend_tokens", "Reasoning tokens the request's effort allows", LABELS, buckets=TOK, registry=r
+        )
+        self.fraction = Histogram(
+            "effort_realised_fraction",
+            "Reasoning tokens per choice / the base's predicted full-effort reasoning",
+            LABELS,
+            buckets=FRACTION,
+            registry=r,
+        )
+        self.choices = Counter(
+            "effort_route_choices_total",
+            "Options the policy chose to answer with",
+            ("effort_bucket", "route", "choice"),
+            registry=r,
+        )
+        self.saved = Counter(
+            "effort_tokens_saved_total",
+            "Reasoning tokens saved versus the predicted full-effort length",
+            LABELS,
+            registry=r,
+        )
+        self.router = Counter(
+            "effort_router_decisions_total",
+            "Decisions of the difficulty router (effort auto)",
+            ("effort_bucket", "adapter"),
+            registry=r,
+        )
+        self.rejections = Counter(
+            "effort_rejections_total", "Requests refused by a limit or the API key check", ("reason",), registry=r
+        )
+        self.router_error = Histogram(
+            "effort_router_length_error_tokens",
+            "|reasoning tokens - the router's prediction| per choice of an auto request",
+            LABELS,
+            buckets=TOK,
+            registry=r,
+        )
         self.running = Gauge("effort_requests_running", "Requests the engine is running", registry=r)
         self.waiting = Gauge("effort_requests_waiting", "Requests queued in the engine", registry=r)
         self.in_flight = Gauge("effort_requests_in_flight", "Requests the server is handling", registry=r)
         for name in ("running", "waiting", "in_flight"):
             getattr(self, name).set(0)
 
-    def observe(self, endpoint: str, decision, adapter_label: str, finish_reasons: list[str],
-                prompt_tokens: int, reasoning: list[int], answer: list[int], hits: list[bool],
-                e2e: float, ttft: float | None, completion_tokens: int) -> None:
+    def observe(
+        self,
+        endpoint: str,
+        decision,
+        adapter_label: str,
+        finish_reasons: list[str],
+        prompt_tokens: int,
+        reasoning: list[int],
+        answer: list[int],
+        hits: list[bool],
+        e2e: float,
+        ttft: float | None,
+        completion_tokens: int,
+    ) -> None:
         lab = (decision.bucket, adapter_label, decision.route)
         for fr in finish_reasons:
             self.requests.labels(endpoint, *lab, fr or "unknown").inc()

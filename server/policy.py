@@ -19,13 +19,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..contract.manifest import ModelManifest
+from ..contract.scoring import BASE, Route, Router, choose
 from .config import OPENAI_EFFORTS, ServerSettings
 from .errors import EffortError, ModelNotFound
-from ..contract.manifest import ModelManifest
 from .registry import Adapter
-from ..contract.scoring import BASE, Route, Router, choose
-from .routes import History
-from .routes import Option, Predictor
+from .routes import History, Option, Predictor
 
 
 def reasoning_cap(max_tokens: int, answer_reserve: int) -> int:
@@ -58,9 +57,16 @@ class EffortDecision:
 
 
 class Policy:
-    def __init__(self, settings: ServerSettings, adapters: dict[str, Adapter], base_name: str,
-                 full_effort_tokens: int, router: Router | None = None, history: History | None = None,
-                 base_manifest: ModelManifest | None = None):
+    def __init__(
+        self,
+        settings: ServerSettings,
+        adapters: dict[str, Adapter],
+        base_name: str,
+        full_effort_tokens: int,
+        router: Router | None = None,
+        history: History | None = None,
+        base_manifest: ModelManifest | None = None,
+    ):
         self.s, self.adapters, self.base_name = settings, adapters, base_name
         self.full_effort_tokens = full_effort_tokens
         self.router, self.history = router, history
@@ -110,8 +116,11 @@ class Policy:
             value = self._named(requested, source, False)
         if source is not None:
             if off is not None and (value is None or value > 0):
-                raise EffortError(f"{off} is false (no thinking) but {source} asks for {requested!r}; send one of them",
-                                  off, code="conflicting_effort")
+                raise EffortError(
+                    f"{off} is false (no thinking) but {source} asks for {requested!r}; send one of them",
+                    off,
+                    code="conflicting_effort",
+                )
             return requested, value, source
         if off is not None:
             return False, 0.0, off
@@ -147,18 +156,31 @@ class Policy:
         return models, "any served model"
 
     # -- decision ---------------------------------------------------------------------------
-    def decide(self, *, model: str | None, effort=None, reasoning_effort=None,
-               thinking_token_budget: int | None = None, max_tokens: int | None = None,
-               prompt: str | None = None, reasoning: dict | None = None,
-               enable_thinking: bool | None = None, adapters: str | None = None) -> EffortDecision:
+    def decide(
+        self,
+        *,
+        model: str | None,
+        effort=None,
+        reasoning_effort=None,
+        thinking_token_budget: int | None = None,
+        max_tokens: int | None = None,
+        prompt: str | None = None,
+        reasoning: dict | None = None,
+        enable_thinking: bool | None = None,
+        adapters: str | None = None,
+    ) -> EffortDecision:
         """`reasoning`: OpenRouter's object (effort, max_tokens, enabled; exclude is the
         service's); `enable_thinking`: the chat template switch from `chat_template_kwargs`;
         `adapters`: "none" keeps a request on the base's name to the base alone."""
         requested, value, source = self._parse_effort(effort, reasoning_effort, reasoning, enable_thinking)
         explicit = self.resolve_model(model)
         if adapters == "none" and explicit is not None:
-            raise EffortError(f"adapters 'none' asks for the base model alone, but model names the adapter "
-                              f"{explicit.name!r}; send one of them", "adapters", code="conflicting_effort")
+            raise EffortError(
+                f"adapters 'none' asks for the base model alone, but model names the adapter "
+                f"{explicit.name!r}; send one of them",
+                "adapters",
+                code="conflicting_effort",
+            )
         score, known = self.predictor.score(prompt)
         base_full, src = self.predictor.base_full(score, prompt)
         why = [f"{source}={requested if requested is not None else self.s.default_effort}"]
@@ -170,11 +192,18 @@ class Policy:
             predicted["full_effort_tokens"], predicted["source"] = round(base_full, 1), src
             kind = "fixed"
         caps = [(self.s.max_budget or None, f"server max_budget {self.s.max_budget}")]
-        caps += [(b, f"request {f} {b}") for b, f in ((thinking_token_budget, "thinking_token_budget"),
-                                                     ((reasoning or {}).get("max_tokens"), "reasoning.max_tokens"))]
+        caps += [
+            (b, f"request {f} {b}")
+            for b, f in (
+                (thinking_token_budget, "thinking_token_budget"),
+                ((reasoning or {}).get("max_tokens"), "reasoning.max_tokens"),
+            )
+        ]
         if max_tokens is not None:
             cap = reasoning_cap(max_tokens, self.s.answer_reserve)
-            caps.append((cap, f"output limit {max_tokens} - answer reserve {self.s.answer_reserve} - 2 markers -> {cap}"))
+            caps.append(
+                (cap, f"output limit {max_tokens} - answer reserve {self.s.answer_reserve} - 2 markers -> {cap}")
+            )
         for cap, note in caps:
             if cap is not None and (budget is None or cap < budget):
                 budget = cap
@@ -182,14 +211,25 @@ class Policy:
         adapter = None if option.model == BASE else self.adapters[option.model]
         control = adapter.manifest.control.kind if adapter is not None else None
         control = None if control == "none" else control
-        return EffortDecision(effort=value, adapter=None if adapter is None else adapter.name, thinking_budget=budget,
-                              control=control, route=kind, predicted=predicted, reason="; ".join(why),
-                              requested=requested, full_effort_tokens=base_full, choice=option.label,
-                              family=option.family, spend=spend,
-                              control_effort=option.value if option.kind == "control" else 1.0)
+        return EffortDecision(
+            effort=value,
+            adapter=None if adapter is None else adapter.name,
+            thinking_budget=budget,
+            control=control,
+            route=kind,
+            predicted=predicted,
+            reason="; ".join(why),
+            requested=requested,
+            full_effort_tokens=base_full,
+            choice=option.label,
+            family=option.family,
+            spend=spend,
+            control_effort=option.value if option.kind == "control" else 1.0,
+        )
 
-    def _fixed(self, e: float, explicit: Adapter | None, score, base_full: float, why: list[str],
-               adapters: str | None = None):
+    def _fixed(
+        self, e: float, explicit: Adapter | None, score, base_full: float, why: list[str], adapters: str | None = None
+    ):
         """A numeric effort: the most accurate option that fits the spend (module docstring)."""
         s = self.s
         models, scope = self._models(explicit, e, adapters)
@@ -201,8 +241,11 @@ class Policy:
             options += prof.options(m, None if e >= 1 else spend, s.budget_slack, self.predictor.is_control(m))
         err = self.predictor.length_error if score is not None else 0.0
         fits = [o for o in options if o.tokens <= fit_spend + 1e-9]
-        near = [o for o in options if not o.scaled and o.p is not None
-                and fit_spend < o.tokens <= fit_spend * (1 + err) + 1e-9]
+        near = [
+            o
+            for o in options
+            if not o.scaled and o.p is not None and fit_spend < o.tokens <= fit_spend * (1 + err) + 1e-9
+        ]
         measured = [o for o in fits if o.p is not None]
         o = None
         if e <= 0:  # no thinking, on the request's own model
@@ -229,42 +272,70 @@ class Policy:
         else:
             budget = max(spend, math.ceil(2 * base_full * s.budget_slack), math.ceil(2 * o.tokens))
             note = f"backstop {budget} (two full base paths, or twice the option's tokens)"
-        why.append(f"spend=max({s.min_budget}, ceil({e:g}x{base_full:.1f}x{s.budget_slack:g}))={spend}" if e > 0
-                   else "spend=0")
-        why.append(f"{scope}; {how}: {o.label} (p={'?' if o.p is None else f'{o.p:.3f}'}, {o.tokens:.1f} tokens); {note}")
-        predicted = {"route": o.label, "p_correct": None if o.p is None else round(o.p, 4),
-                     "best_p_correct": None if best is None else round(best, 4), "tokens": round(o.tokens, 1),
-                     "options": len(options), "fitting": len(fits)}
+        why.append(
+            f"spend=max({s.min_budget}, ceil({e:g}x{base_full:.1f}x{s.budget_slack:g}))={spend}"
+            if e > 0
+            else "spend=0"
+        )
+        why.append(
+            f"{scope}; {how}: {o.label} (p={'?' if o.p is None else f'{o.p:.3f}'}, {o.tokens:.1f} tokens); {note}"
+        )
+        predicted = {
+            "route": o.label,
+            "p_correct": None if o.p is None else round(o.p, 4),
+            "best_p_correct": None if best is None else round(best, 4),
+            "tokens": round(o.tokens, 1),
+            "options": len(options),
+            "fitting": len(fits),
+        }
         return o, predicted, budget, spend
 
     def _auto(self, explicit: Adapter | None, score, known, why: list[str], base_only: bool = False):
         if self.router is None:
-            raise EffortError("effort 'auto' needs a fitted difficulty router and none is configured "
-                              "(fit one with `effort router fit`, serve it with --router)", "effort",
-                              code="router_not_configured")
-        routes = [r for r in self.routes if (r.model == explicit.name if explicit is not None else
-                                             r.model == BASE if base_only else True)]
+            raise EffortError(
+                "effort 'auto' needs a fitted difficulty router and none is configured "
+                "(fit one with `effort router fit`, serve it with --router)",
+                "effort",
+                code="router_not_configured",
+            )
+        routes = [
+            r
+            for r in self.routes
+            if (r.model == explicit.name if explicit is not None else r.model == BASE if base_only else True)
+        ]
         if not routes or score is None:
             if not routes:
-                raise EffortError(f"the router has no routes for model {explicit.name!r}; use a numeric effort "
-                                  "or a model the router was fitted on", "effort", code="router_no_route")
+                raise EffortError(
+                    f"the router has no routes for model {explicit.name!r}; use a numeric effort "
+                    "or a model the router was fitted on",
+                    "effort",
+                    code="router_no_route",
+                )
             score, known = self.router.score(""), {}
         p = {r: score.p_correct[r] for r in routes}
         t = {r: score.tokens[r] for r in routes}
         route = choose(p, t, self.margin)
         full = score.full_length[route.model]
-        predicted = {"route": route.label, "p_correct": round(p[route], 4), "best_p_correct": round(max(p.values()), 4),
-                     "tokens": round(t[route], 1), "full_effort_tokens": round(full, 1),
-                     "margin": self.margin, "source": "history" if route.model in known else "router"}
+        predicted = {
+            "route": route.label,
+            "p_correct": round(p[route], 4),
+            "best_p_correct": round(max(p.values()), 4),
+            "tokens": round(t[route], 1),
+            "full_effort_tokens": round(full, 1),
+            "margin": self.margin,
+            "source": "history" if route.model in known else "router",
+        }
         why.append(f"auto: route {route.label} (p={p[route]:.3f}, best {max(p.values()):.3f}, margin {self.margin:g})")
         option, budget = self._route_option(route, full, t[route], p[route])
         if budget is not None:
-            why.append(f"budget=max({self.s.min_budget}, ceil({route.effort:g}x{full:.1f}x{self.s.budget_slack:g}))"
-                       f"={budget}")
+            why.append(
+                f"budget=max({self.s.min_budget}, ceil({route.effort:g}x{full:.1f}x{self.s.budget_slack:g}))={budget}"
+            )
         return option, predicted, budget, None
 
-    def decide_route(self, model: str | None, effort: float, *, prompt: str | None = None,
-                     max_tokens: int | None = None) -> EffortDecision:
+    def decide_route(
+        self, model: str | None, effort: float, *, prompt: str | None = None, max_tokens: int | None = None
+    ) -> EffortDecision:
         """One router route as the server runs it (under `auto`): `model` (None: the base) at
         `effort` of its own predicted full length — a budget for a model without a control, the
         control value for e1. What `effort eval`'s ``route:E`` measures and the router is fitted on."""
@@ -272,17 +343,29 @@ class Policy:
         name = BASE if explicit is None else explicit.name
         score, _ = self.predictor.score(prompt)
         base_full, _ = self.predictor.base_full(score, prompt)
-        full = score.full_length[name] if score is not None and name in score.full_length else \
-            self.predictor.profile(name, None, base_full).full_length
+        full = (
+            score.full_length[name]
+            if score is not None and name in score.full_length
+            else self.predictor.profile(name, None, base_full).full_length
+        )
         option, budget = self._route_option(Route(name, float(effort)), full, 0.0, 0.0)
         if max_tokens is not None:
             cap = reasoning_cap(max_tokens, self.s.answer_reserve)
             budget = cap if budget is None else min(budget, cap)
-        return EffortDecision(effort=float(effort), adapter=explicit.name if explicit else None, thinking_budget=budget,
-                              control=explicit.manifest.control.kind if explicit and option.kind == "control" else None,
-                              route="fixed", predicted=None, reason=f"route {name}@{effort:g}", requested=effort,
-                              full_effort_tokens=base_full, choice=option.label, family=option.family,
-                              control_effort=option.value if option.kind == "control" else 1.0)
+        return EffortDecision(
+            effort=float(effort),
+            adapter=explicit.name if explicit else None,
+            thinking_budget=budget,
+            control=explicit.manifest.control.kind if explicit and option.kind == "control" else None,
+            route="fixed",
+            predicted=None,
+            reason=f"route {name}@{effort:g}",
+            requested=effort,
+            full_effort_tokens=base_full,
+            choice=option.label,
+            family=option.family,
+            control_effort=option.value if option.kind == "control" else 1.0,
+        )
 
     def _route_option(self, route: Route, full: float, tokens: float, p: float) -> tuple[Option, int | None]:
         """A router route as an option, and the budget it was measured with."""

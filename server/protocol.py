@@ -78,7 +78,7 @@ class _Sampling(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-2 ** 63, lt=2 ** 63)  # a 64-bit integer, as OpenAI documents
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # a 64-bit integer, as OpenAI documents
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -94,19 +94,20 @@ class _Sampling(_Request):
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
     # --- effort-server extensions -------------------------------------------------------
-    effort: float | str | None = Field(
-        None, description="number in [0, 1], 'low' | 'medium' | 'high', or 'auto'")
+    effort: float | str | None = Field(None, description="number in [0, 1], 'low' | 'medium' | 'high', or 'auto'")
     reasoning_effort: str | None = Field(
-        None, description="OpenAI names: none, minimal, low, medium, high, xhigh, and max (alias of effort)")
-    thinking_token_budget: int | None = Field(
-        None, ge=0, description="hard cap on reasoning tokens; always honoured")
-    reasoning: ReasoningOptions | None = Field(
-        None, description="OpenRouter's {effort, max_tokens, exclude, enabled}")
+        None, description="OpenAI names: none, minimal, low, medium, high, xhigh, and max (alias of effort)"
+    )
+    thinking_token_budget: int | None = Field(None, ge=0, description="hard cap on reasoning tokens; always honoured")
+    reasoning: ReasoningOptions | None = Field(None, description="OpenRouter's {effort, max_tokens, exclude, enabled}")
     include_reasoning: bool | None = Field(
-        None, description="false: leave the reasoning text out of the response (usage still counts it)")
+        None, description="false: leave the reasoning text out of the response (usage still counts it)"
+    )
     adapters: Literal["auto", "none"] | None = Field(
-        None, description="for a request on the base model's name: 'auto' (default) lets the server answer "
-                          "with any adapter, 'none' with the base model alone")
+        None,
+        description="for a request on the base model's name: 'auto' (default) lets the server answer "
+        "with any adapter, 'none' with the base model alone",
+    )
 
     def reasoning_options(self) -> dict | None:
         return None if self.reasoning is None else self.reasoning.model_dump(exclude_none=True)
@@ -123,7 +124,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None  # accepted only to say no: this server does not call tools
     tool_choice: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = Field(
-        None, description="passed to the chat template; enable_thinking false means effort 0")
+        None, description="passed to the chat template; enable_thinking false means effort 0"
+    )
 
     def enable_thinking(self) -> bool | None:
         v = (self.chat_template_kwargs or {}).get("enable_thinking")
@@ -172,11 +174,15 @@ class EffortReport(BaseModel):
     route: Literal["fixed", "auto"]
     predicted: dict[str, Any] | None = None
     reason: str
-    choice: str = Field(description="the option run: a model (dler), e1 at a control (e1@0.62), a model under "
-                                    "a budget (base@budget) or without thinking (base@none)")
+    choice: str = Field(
+        description="the option run: a model (dler), e1 at a control (e1@0.62), a model under "
+        "a budget (base@budget) or without thinking (base@none)"
+    )
     spend: int | None = Field(None, description="reasoning tokens the effort allows (None for auto)")
     full_effort_tokens: float | None = Field(None, description="the base model's predicted full-effort reasoning")
-    realised_fraction: float | None = Field(None, description="reasoning tokens / full_effort_tokens (mean of choices)")
+    realised_fraction: float | None = Field(
+        None, description="reasoning tokens / full_effort_tokens (mean of choices)"
+    )
 
 
 class TopLogprob(BaseModel):
@@ -326,8 +332,15 @@ class ChunkWriter:
     def __init__(self, obj: Literal["chat.completion.chunk", "text_completion"], id: str, created: int, model: str):
         self.head = f'data: {{"id":{_encode(id)},"object":"{obj}","created":{int(created)},"model":{_encode(model)},"choices":[{{"index":'
 
-    def chat(self, index: int, role: str | None = None, content: str | None = None, reasoning: str | None = None,
-             finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+    def chat(
+        self,
+        index: int,
+        role: str | None = None,
+        content: str | None = None,
+        reasoning: str | None = None,
+        finish_reason: str | None = None,
+        logprobs: dict | None = None,
+    ) -> str:
         """A chat delta; `reasoning` fills both `reasoning` and `reasoning_content`; `logprobs` is
         the choice's logprobs object as JSON-ready data."""
         delta = {}
@@ -342,8 +355,14 @@ class ChunkWriter:
             finish += f',"logprobs":{_encode(logprobs)}'
         return f'{self.head}{index},"delta":{_encode(delta)}{finish}}}]}}\n\n'
 
-    def completion(self, index: int, text: str, reasoning: str | None = None, finish_reason: str | None = None,
-                   logprobs: dict | None = None) -> str:
+    def completion(
+        self,
+        index: int,
+        text: str,
+        reasoning: str | None = None,
+        finish_reason: str | None = None,
+        logprobs: dict | None = None,
+    ) -> str:
         tail = f',"finish_reason":{_encode(finish_reason)}' if finish_reason is not None else ""
         if logprobs is not None:
             tail += f',"logprobs":{_encode(logprobs)}'

@@ -8,7 +8,6 @@ only; `tokens_past` counts the tokens a stop string cut off.
 from __future__ import annotations
 
 
-
 class StreamSplitter:
     """Route streamed text into (reasoning, answer) pieces as it arrives.
 
@@ -33,12 +32,12 @@ class StreamSplitter:
                 break
             i = self.buf.find(marker)
             if i >= 0:
-                head, self.buf = self.buf[:i], self.buf[i + len(marker):]
+                head, self.buf = self.buf[:i], self.buf[i + len(marker) :]
                 (reasoning if self.state == "think" else answer).append(head)
                 self.state = "think" if self.state == "before" else "after"
                 continue
             keep = _partial_suffix(self.buf, marker)
-            emit, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+            emit, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
             (reasoning if self.state == "think" else answer).append(emit)
             break
         return "".join(reasoning), "".join(answer)
@@ -68,8 +67,8 @@ class StopWatcher:
             self.past = len(text) - end
             return text[:start], True
         keep = 0 if final else max((_partial_suffix(text, s) for s in self.stops), default=0)
-        self.held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep], False
+        self.held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
 
 
 def tokens_past(tokenizer, ids, chars: int) -> int:
@@ -77,7 +76,7 @@ def tokens_past(tokenizer, ids, chars: int) -> int:
     the tokens an engine piece carried past a stop string's end (a piece holds several tokens when
     the engine runs ahead of the stream). They are left out of the count, as vLLM leaves them out."""
     n = 0
-    while n < len(ids) and len(tokenizer.decode(list(ids[len(ids) - n - 1:]), skip_special_tokens=True)) <= chars:
+    while n < len(ids) and len(tokenizer.decode(list(ids[len(ids) - n - 1 :]), skip_special_tokens=True)) <= chars:
         n += 1
     return n
 
@@ -88,4 +87,3 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-k:]):
             return k
     return 0
-

@@ -48,8 +48,13 @@ def scan(paths: list[str | Path]) -> dict[str, Adapter]:
             folders.append(p)
         elif p.is_dir():
             # sub-folders that hold neither a manifest nor peft files (reports, notes) are not adapters
-            folders += sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")
-                              and ((c / "manifest.json").exists() or (c / PEFT_FILES[0]).exists()))
+            folders += sorted(
+                c
+                for c in p.iterdir()
+                if c.is_dir()
+                and not c.name.startswith(".")
+                and ((c / "manifest.json").exists() or (c / PEFT_FILES[0]).exists())
+            )
         else:
             log.warning("adapter path %s does not exist; skipped", p)
     for folder in folders:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..contract.manifest import ModelManifest
-from .registry import Adapter
 from ..contract.scoring import BASE, Router
+from .registry import Adapter
 
 Kind = Literal["full", "control", "cut", "none"]
 
@@ -69,8 +69,11 @@ class Measured:
 
 
 def _acc_mean(d) -> tuple[float, float] | None:
-    if isinstance(d, dict) and isinstance(d.get("accuracy"), (int, float)) and \
-            isinstance(d.get("mean_reasoning"), (int, float)):
+    if (
+        isinstance(d, dict)
+        and isinstance(d.get("accuracy"), (int, float))
+        and isinstance(d.get("mean_reasoning"), (int, float))
+    ):
         return float(d["accuracy"]), float(d["mean_reasoning"])
     return None
 
@@ -83,11 +86,13 @@ def measured_base(manifest: ModelManifest | None) -> Measured:
     ev = (manifest.evaluation if manifest is not None else {}) or {}
     allb = (ev.get("by_bucket") or {}).get("all") or (ev.get("full") or {}).get("all") or {}
     full = _acc_mean(allb)
-    cuts = {int(m.group(1)) / 100: float(v) for k, v in allb.items() if (m := _CUT.match(k)) and
-            isinstance(v, (int, float))}
+    cuts = {
+        int(m.group(1)) / 100: float(v)
+        for k, v in allb.items()
+        if (m := _CUT.match(k)) and isinstance(v, (int, float))
+    }
     none = allb.get("accuracy_no_thinking")
-    return Measured(full, {}, cuts, float(none) if isinstance(none, (int, float)) else None,
-                    full[1] if full else None)
+    return Measured(full, {}, cuts, float(none) if isinstance(none, (int, float)) else None, full[1] if full else None)
 
 
 def measured_adapter(adapter: Adapter) -> Measured:
@@ -130,14 +135,20 @@ class Profile:
     def options(self, model: str, spend: int | None, slack: float, control: bool) -> list[Option]:
         out = [Option(model, "full", 1.0, self.full[0], self.full[1], scaled=self.scaled)]
         if control:  # the measured control values only: between them e1 lands on either path
-            out += [Option(model, "control", c, t, p, scaled=self.scaled)
-                    for c, (t, p) in sorted(self.controls.items()) if p is not None]
+            out += [
+                Option(model, "control", c, t, p, scaled=self.scaled)
+                for c, (t, p) in sorted(self.controls.items())
+                if p is not None
+            ]
         elif spend is not None:
             fraction = spend / (slack * max(self.full_length, 1.0))
             if fraction < 1.0:
                 cuts = {**self.cuts, **({0.0: self.none} if self.none is not None else {})}
-                out.append(Option(model, "cut", fraction, min(float(spend), self.full[0]), _step(cuts, fraction),
-                                  budget=spend))
+                out.append(
+                    Option(
+                        model, "cut", fraction, min(float(spend), self.full[0]), _step(cuts, fraction), budget=spend
+                    )
+                )
         out.append(Option(model, "none", 0.0, 0.0, self.none, budget=0))
         return out
 
@@ -146,8 +157,14 @@ class Predictor:
     """Per-prompt predictions for every servable model: the router's for the models it knows,
     the manifests' (scaled by the base's predicted full length) for the rest."""
 
-    def __init__(self, adapters: dict[str, Adapter], default_full: float, base_manifest: ModelManifest | None = None,
-                 router: Router | None = None, history: History | None = None):
+    def __init__(
+        self,
+        adapters: dict[str, Adapter],
+        default_full: float,
+        base_manifest: ModelManifest | None = None,
+        router: Router | None = None,
+        history: History | None = None,
+    ):
         self.adapters, self.default_full = adapters, float(default_full)
         self.router, self.history = router, history
         self.base = measured_base(base_manifest)
@@ -193,17 +210,26 @@ class Predictor:
                 # its tokens come from that curve, its accuracy from the router, per prompt
                 scale = base_full / max(self.base.reference or self.default_full, 1.0)
                 prof.full = (m.full[1] * scale, prof.full[1])
-                prof.controls = {c: (m.controls[c][1] * scale if c in m.controls else t, p)
-                                 for c, (t, p) in prof.controls.items()}
+                prof.controls = {
+                    c: (m.controls[c][1] * scale if c in m.controls else t, p) for c, (t, p) in prof.controls.items()
+                }
                 prof.scaled = True
             return prof
         m = self.measured[model]
         ref = self.base.reference or self.default_full
         scale = base_full / max(ref, 1.0)
-        full = m.full if m.full is not None else ((self.base.full[0], ref) if model == BASE and self.base.full else None)
+        full = (
+            m.full if m.full is not None else ((self.base.full[0], ref) if model == BASE and self.base.full else None)
+        )
         full_tokens = full[1] * scale if full else base_full
-        return Profile(full_tokens, (full_tokens, full[0] if full else None),
-                       {c: (t * scale, p) for c, (p, t) in m.controls.items()}, dict(m.cuts), m.none, scaled=True)
+        return Profile(
+            full_tokens,
+            (full_tokens, full[0] if full else None),
+            {c: (t * scale, p) for c, (p, t) in m.controls.items()},
+            dict(m.cuts),
+            m.none,
+            scaled=True,
+        )
 
     def _routed(self, model: str, score) -> Profile:
         routes = {r.effort: r for r in self.router.routes if r.model == model}

@@ -16,22 +16,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+from ..contract.manifest import ModelManifest
+from ..contract.markers import Markers, split_ids
+from ..contract.scoring import BASE, Router, RouterError
 from .config import ServerSettings
 from .engine import EngineSettings, default_adapter_dir, default_model, engine_kwargs, fork_engine_core, prepare_env
 from .errors import BadRequest, ContextTooLong, EngineUnavailable, ModelNotFound
 from .limits import Admission, Timeout
 from .logprobs import TokenSplitter, chat_logprobs, completion_logprobs, from_engine
-from ..contract.manifest import ModelManifest
 from .metrics import Metrics, stat_logger_factory
 from .policy import EffortDecision, Policy
-from .protocol import (ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
-                       ChunkWriter, Completion, CompletionChoice, CompletionChunk, CompletionLogprobs,
-                       CompletionRequest, CompletionTokensDetails, EffortReport, ModelCard, ModelList,
-                       ResponseMessage, SAMPLING_EXTRAS, Usage)
-from ..contract.markers import Markers, split_ids
+from .protocol import (
+    SAMPLING_EXTRAS,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatLogprobs,
+    ChunkWriter,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionTokensDetails,
+    EffortReport,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+)
 from .reasoning import StopWatcher, StreamSplitter, tokens_past
 from .registry import Adapter, scan
-from ..contract.scoring import BASE, Router, RouterError
 from .routes import History
 
 log = logging.getLogger("effort.service")
@@ -63,16 +79,35 @@ def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
         except RouterError as e:
             log.warning("router skipped: %s", e)
             return None
-    log.info("router: %d routes (%s), margin %g", len(router.routes), ", ".join(r.label for r in router.routes),
-             router.margin)
+    log.info(
+        "router: %d routes (%s), margin %g",
+        len(router.routes),
+        ", ".join(r.label for r in router.routes),
+        router.margin,
+    )
     return router
 
 
 # arguments of apply_chat_template that the server sets (a request's chat_template_kwargs may not)
-RESERVED_TEMPLATE_ARGS = frozenset({"conversation", "messages", "tokenize", "add_generation_prompt", "return_dict",
-                                    "continue_final_message", "chat_template", "tools", "documents", "padding",
-                                    "truncation", "max_length", "return_tensors", "return_assistant_tokens_mask",
-                                    "tokenizer_kwargs"})
+RESERVED_TEMPLATE_ARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "tokenize",
+        "add_generation_prompt",
+        "return_dict",
+        "continue_final_message",
+        "chat_template",
+        "tools",
+        "documents",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
 
 
 def _has_thinking_switch(tokenizer) -> bool:
@@ -89,7 +124,7 @@ def _fits_int64(value) -> bool:
     if isinstance(value, bool) or value is None:
         return True
     if isinstance(value, int):
-        return -2 ** 63 <= value < 2 ** 64
+        return -(2**63) <= value < 2**64
     if isinstance(value, dict):
         return all(_fits_int64(v) for v in value.values())
     if isinstance(value, list):
@@ -185,8 +220,13 @@ class Service:
         t2 = time.perf_counter()
         with fork_engine_core():
             self.llm = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=[stat_logger_factory(self.metrics)])
-        log.info("engine up in %.1f s: vLLM import %.1f s, config %.1f s, engine core %.1f s",
-                 time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2)
+        log.info(
+            "engine up in %.1f s: vLLM import %.1f s, config %.1f s, engine core %.1f s",
+            time.perf_counter() - t0,
+            t1 - t0,
+            t2 - t1,
+            time.perf_counter() - t2,
+        )
         self.tokenizer = self.llm.tokenizer
         self.template_switch = _has_thinking_switch(self.tokenizer)
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
@@ -222,8 +262,12 @@ class Service:
         self.llm.start_gauges(self.metrics)
         self.structured_ready = True  # the upstream applies the constraint (after thinking with its reasoning parser)
         self.ready = True
-        log.info("ready (gateway to %s, model %s): adapters %s", s.upstream, self.llm.model,
-                 ", ".join(self.adapters) or "none")
+        log.info(
+            "ready (gateway to %s, model %s): adapters %s",
+            s.upstream,
+            self.llm.model,
+            ", ".join(self.adapters) or "none",
+        )
 
     @staticmethod
     def _rank(a: Adapter) -> int:
@@ -245,8 +289,10 @@ class Service:
 
     def models(self) -> ModelList:
         cards = [ModelCard(id=self.base_name, root=self.model_path, kind="base")]
-        cards += [ModelCard(id=a.name, root=str(a.path), parent=self.base_name, kind=a.manifest.kind)
-                  for a in self.adapters.values()]
+        cards += [
+            ModelCard(id=a.name, root=str(a.path), parent=self.base_name, kind=a.manifest.kind)
+            for a in self.adapters.values()
+        ]
         return ModelList(data=cards)
 
     def model(self, model_id: str) -> ModelCard:
@@ -266,27 +312,41 @@ class Service:
             raise EngineUnavailable("the engine is not ready")
         thinking = req.enable_thinking() if isinstance(req, ChatCompletionRequest) else None
         decide = lambda max_tokens: self.policy.decide(  # noqa: E731 - same request, one more cap
-            model=req.model, effort=req.effort, reasoning_effort=req.reasoning_effort,
-            thinking_token_budget=req.thinking_token_budget, max_tokens=max_tokens, prompt=text,
-            reasoning=req.reasoning_options(), enable_thinking=thinking, adapters=req.adapters)
+            model=req.model,
+            effort=req.effort,
+            reasoning_effort=req.reasoning_effort,
+            thinking_token_budget=req.thinking_token_budget,
+            max_tokens=max_tokens,
+            prompt=text,
+            reasoning=req.reasoning_options(),
+            enable_thinking=thinking,
+            adapters=req.adapters,
+        )
         limit = req.output_limit()
         s = self.settings
         if req.n > s.max_n:
             raise BadRequest(f"n={req.n} is over this server's limit of {s.max_n}", "n", code="limit_exceeded")
         if s.max_output_tokens and limit is not None and limit > s.max_output_tokens:
-            raise BadRequest(f"max_tokens={limit} is over this server's limit of {s.max_output_tokens}",
-                             "max_tokens", code="limit_exceeded")
+            raise BadRequest(
+                f"max_tokens={limit} is over this server's limit of {s.max_output_tokens}",
+                "max_tokens",
+                code="limit_exceeded",
+            )
         decision = decide(limit)
         adapter = self.adapters.get(decision.adapter) if decision.adapter else None
         prompt_ids = prompt_ids_fn(adapter, decision)
         if s.max_prompt_tokens and len(prompt_ids) > s.max_prompt_tokens:
-            raise ContextTooLong(f"the prompt has {len(prompt_ids)} tokens; this server's limit is {s.max_prompt_tokens}",
-                                 "messages" if hasattr(req, "messages") else "prompt")
+            raise ContextTooLong(
+                f"the prompt has {len(prompt_ids)} tokens; this server's limit is {s.max_prompt_tokens}",
+                "messages" if hasattr(req, "messages") else "prompt",
+            )
         room = self.max_model_len - len(prompt_ids)
         if room <= 0 or (limit is not None and limit > room):
             want = f"{len(prompt_ids)} in the prompt" + (f" + {limit} for the completion" if limit else "")
-            raise ContextTooLong(f"this model's maximum context length is {self.max_model_len} tokens; "
-                                 f"the request needs {want}", "messages" if hasattr(req, "messages") else "prompt")
+            raise ContextTooLong(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request needs {want}",
+                "messages" if hasattr(req, "messages") else "prompt",
+            )
         if limit is None:  # no output limit: the rest of the context is the limit, reserve included
             room = min(room, s.max_output_tokens or room)
             decision = decide(room)
@@ -298,34 +358,60 @@ class Service:
         # precedence: request → OpenAI default (temperature 1, top_p 1)
         try:
             params = SamplingParams(
-                n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p, max_tokens=max_tokens,
+                n=req.n,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                max_tokens=max_tokens,
                 # streaming needs every step; a non-streamed request only its final output (like
                 # vLLM's own server), which spares a wake-up and a split per token per request
-                seed=req.seed, skip_special_tokens=False,
+                seed=req.seed,
+                skip_special_tokens=False,
                 output_kind=RequestOutputKind.DELTA if req.stream or stop else RequestOutputKind.FINAL_ONLY,
                 thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget,
-                logprobs=n_logprobs, logit_bias=self._logit_bias(req.logit_bias),
-                structured_outputs=self._structured(req), **self._extras(req))
+                logprobs=n_logprobs,
+                logit_bias=self._logit_bias(req.logit_bias),
+                structured_outputs=self._structured(req),
+                **self._extras(req),
+            )
         except (ValueError, TypeError, VLLMClientError) as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             msg = e.args[0] if e.args else str(e)
             param = getattr(e, "parameter", None) or next(
-                (f for f in ("n", "temperature", "top_p", "seed", "max_tokens", *SAMPLING_EXTRAS)
-                 if msg.startswith(f + " ")), None)
+                (
+                    f
+                    for f in ("n", "temperature", "top_p", "seed", "max_tokens", *SAMPLING_EXTRAS)
+                    if msg.startswith(f + " ")
+                ),
+                None,
+            )
             raise BadRequest(msg.split("\n")[0], param, code="invalid_request") from None
-        return _Prepared(prompt_ids, decision, adapter, params, in_think, req.model or self.base_name, t0, text,
-                         (arrived or t0) + s.request_timeout, n_logprobs,
-                         None if params.structured_outputs is None else
-                         "structured_outputs" if req.structured_outputs is not None else "response_format", stop,
-                         req.show_reasoning())
+        return _Prepared(
+            prompt_ids,
+            decision,
+            adapter,
+            params,
+            in_think,
+            req.model or self.base_name,
+            t0,
+            text,
+            (arrived or t0) + s.request_timeout,
+            n_logprobs,
+            None
+            if params.structured_outputs is None
+            else "structured_outputs"
+            if req.structured_outputs is not None
+            else "response_format",
+            stop,
+            req.show_reasoning(),
+        )
 
     @staticmethod
     def _check_logprobs(req) -> int | None:
         if isinstance(req, ChatCompletionRequest) and req.top_logprobs is not None and not req.logprobs:
             raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
         if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
-            raise BadRequest("echo with logprobs (the prompt's logprobs) is not supported; drop one of them",
-                             "logprobs")
+            raise BadRequest(
+                "echo with logprobs (the prompt's logprobs) is not supported; drop one of them", "logprobs"
+            )
         return req.n_logprobs()
 
     def _structured(self, req):
@@ -342,8 +428,11 @@ class Service:
         if rf is not None and so is not None:
             raise BadRequest("give either response_format or structured_outputs, not both", param)
         if not self.structured_ready:
-            raise BadRequest("structured answers need think markers that are single tokens of this model's "
-                             f"vocabulary ({self.manifest.think_start!r} / {self.manifest.think_end!r} are not)", param)
+            raise BadRequest(
+                "structured answers need think markers that are single tokens of this model's "
+                f"vocabulary ({self.manifest.think_start!r} / {self.manifest.think_end!r} are not)",
+                param,
+            )
         if not _fits_int64((so or rf).model_dump(by_alias=True)):
             raise BadRequest("an integer in the constraint is outside the 64-bit range", param)
         if so is not None:
@@ -373,8 +462,9 @@ class Service:
         out = {}
         for key, value in bias.items():
             if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
-                raise BadRequest(f"logit_bias key {key!r} is not a token id of this model (0..{vocab - 1})",
-                                 "logit_bias")
+                raise BadRequest(
+                    f"logit_bias key {key!r} is not a token id of this model (0..{vocab - 1})", "logit_bias"
+                )
             if not -100 <= value <= 100:
                 raise BadRequest(f"logit_bias value {value} for token {key} is outside [-100, 100]", "logit_bias")
             out[int(key)] = float(value)
@@ -386,11 +476,13 @@ class Service:
         kw = dict(req.chat_template_kwargs or {})
         for key in kw:
             if key in RESERVED_TEMPLATE_ARGS:
-                raise BadRequest(f"chat_template_kwargs may not set {key!r} (the server sets it)",
-                                 f"chat_template_kwargs.{key}")
+                raise BadRequest(
+                    f"chat_template_kwargs may not set {key!r} (the server sets it)", f"chat_template_kwargs.{key}"
+                )
         if "enable_thinking" in kw and not isinstance(kw["enable_thinking"], bool):
-            raise BadRequest("chat_template_kwargs.enable_thinking must be true or false",
-                             "chat_template_kwargs.enable_thinking")
+            raise BadRequest(
+                "chat_template_kwargs.enable_thinking must be true or false", "chat_template_kwargs.enable_thinking"
+            )
         return kw
 
     def _chat_prompt(self, req: ChatCompletionRequest):
@@ -399,8 +491,11 @@ class Service:
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             msgs = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
             if adapter is not None and adapter.manifest.control.kind != "none":
-                last = max(i for i, m in enumerate(msgs) if m["role"] == "user") if any(
-                    m["role"] == "user" for m in msgs) else len(msgs) - 1
+                last = (
+                    max(i for i, m in enumerate(msgs) if m["role"] == "user")
+                    if any(m["role"] == "user" for m in msgs)
+                    else len(msgs) - 1
+                )
                 msgs[last]["content"] = adapter.manifest.control.apply(msgs[last]["content"], decision.control_effort)
             kw = dict(kwargs)
             if decision.thinking_budget == 0 and self.template_switch and "enable_thinking" not in kw:
@@ -411,6 +506,7 @@ class Service:
                 param = "chat_template_kwargs" if kwargs else "messages"
                 raise BadRequest(f"messages cannot be rendered with the model's chat template: {e}", param) from None
             return self.tokenizer.encode(text, add_special_tokens=False)
+
         return build
 
     def _completion_prompt(self, req: CompletionRequest):
@@ -426,6 +522,7 @@ class Service:
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             body = adapter.manifest.control.apply(text, decision.control_effort) if adapter is not None else text
             return self.tokenizer.encode(body, add_special_tokens=False)
+
         return build, in_think, text
 
     # -- generation -------------------------------------------------------------------------
@@ -470,8 +567,9 @@ class Service:
                     if not timer.expired():
                         raise
                     self.metrics.rejections.labels("timeout").inc()
-                    raise Timeout(f"the request took longer than this server's limit of "
-                                  f"{self.settings.request_timeout:g} s") from None
+                    raise Timeout(
+                        f"the request took longer than this server's limit of {self.settings.request_timeout:g} s"
+                    ) from None
                 yield item
         finally:
             await gen.aclose()
@@ -508,23 +606,46 @@ class Service:
         budget = p.decision.thinking_budget
         hits = [budget is not None and s.reasoning_tokens >= budget and (s.closed or s.started) for s in splits]
         completion = sum(len(c.ids) for c in choices.values())
-        usage = Usage(prompt_tokens=len(p.prompt_ids), completion_tokens=completion,
-                      total_tokens=len(p.prompt_ids) + completion,
-                      completion_tokens_details=CompletionTokensDetails(
-                          reasoning_tokens=sum(s.reasoning_tokens for s in splits)))
+        usage = Usage(
+            prompt_tokens=len(p.prompt_ids),
+            completion_tokens=completion,
+            total_tokens=len(p.prompt_ids) + completion,
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=sum(s.reasoning_tokens for s in splits)
+            ),
+        )
         d = p.decision
         reasoning = [s.reasoning_tokens for s in splits]
         fraction = None
         if d.full_effort_tokens:
             fraction = round(sum(reasoning) / len(reasoning) / d.full_effort_tokens, 4)
-        report = EffortReport(requested=d.requested, applied=d.effort, adapter=d.adapter, thinking_budget=budget,
-                              budget_hit=any(hits), route=d.route, predicted=d.predicted, reason=d.reason,
-                              choice=d.choice, spend=d.spend,
-                              full_effort_tokens=None if d.full_effort_tokens is None else round(d.full_effort_tokens, 1),
-                              realised_fraction=fraction)
-        self.metrics.observe(endpoint, d, d.adapter or "base", [c.finish_reason for c in choices.values()],
-                             len(p.prompt_ids), [s.reasoning_tokens for s in splits],
-                             [s.answer_tokens for s in splits], hits, time.perf_counter() - p.t0, ttft, completion)
+        report = EffortReport(
+            requested=d.requested,
+            applied=d.effort,
+            adapter=d.adapter,
+            thinking_budget=budget,
+            budget_hit=any(hits),
+            route=d.route,
+            predicted=d.predicted,
+            reason=d.reason,
+            choice=d.choice,
+            spend=d.spend,
+            full_effort_tokens=None if d.full_effort_tokens is None else round(d.full_effort_tokens, 1),
+            realised_fraction=fraction,
+        )
+        self.metrics.observe(
+            endpoint,
+            d,
+            d.adapter or "base",
+            [c.finish_reason for c in choices.values()],
+            len(p.prompt_ids),
+            [s.reasoning_tokens for s in splits],
+            [s.answer_tokens for s in splits],
+            hits,
+            time.perf_counter() - p.t0,
+            ttft,
+            completion,
+        )
         self._remember(p, splits, hits)
         return usage, report
 
@@ -537,7 +658,6 @@ class Service:
         natural = [s.reasoning_tokens for s, h in zip(splits, hits) if s.closed and not h]
         if natural:
             self.history.record(d.adapter or BASE, p.text, sum(natural) / len(natural))
-
 
     # -- endpoints --------------------------------------------------------------------------
     async def _admit(self):
@@ -553,13 +673,17 @@ class Service:
     async def chat(self, req: ChatCompletionRequest, http_request=None):
         arrived = time.perf_counter()
         if req.tools and req.tool_choice != "none":
-            raise BadRequest("tool calling is not supported by this server; send no tools or tool_choice \"none\"",
-                             "tools", code="unsupported")
+            raise BadRequest(
+                'tool calling is not supported by this server; send no tools or tool_choice "none"',
+                "tools",
+                code="unsupported",
+            )
         ticket = await self._admit()
         try:
             users = [m.text() for m in req.messages if m.role == "user"]
-            p = self._prepare(req, self._chat_prompt(req), in_think=False, text=users[-1] if users else "",
-                              arrived=arrived)
+            p = self._prepare(
+                req, self._chat_prompt(req), in_think=False, text=users[-1] if users else "", arrived=arrived
+            )
             if req.stream:
                 gen, ticket = self._released(self._chat_stream(req, p), ticket), None
                 return gen
@@ -572,10 +696,18 @@ class Service:
         for i, c in choices.items():
             shown = p.show_reasoning and split_ids(c.ids, self.markers, p.in_think).started
             lp_r = c.lp_reasoning if p.show_reasoning else []
-            out.append(ChatChoice(index=i, finish_reason=c.finish_reason, message=ResponseMessage(
-                content=c.answer, reasoning=c.reasoning if shown else None,
-                reasoning_content=c.reasoning if shown else None),
-                logprobs=None if p.logprobs is None else ChatLogprobs(**chat_logprobs(lp_r, c.lp_answer))))
+            out.append(
+                ChatChoice(
+                    index=i,
+                    finish_reason=c.finish_reason,
+                    message=ResponseMessage(
+                        content=c.answer,
+                        reasoning=c.reasoning if shown else None,
+                        reasoning_content=c.reasoning if shown else None,
+                    ),
+                    logprobs=None if p.logprobs is None else ChatLogprobs(**chat_logprobs(lp_r, c.lp_answer)),
+                )
+            )
         return ChatCompletion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _pieces(self, p: _Prepared, choices: dict[int, _Choice], timing: dict):
@@ -584,7 +716,9 @@ class Service:
         tokens; fills `choices` with the token ids and `timing["ttft"]` on the way."""
         from vllm.sampling_params import RequestOutputKind
 
-        splitters = {i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices}
+        splitters = {
+            i: StreamSplitter(self.manifest.think_start, self.manifest.think_end, p.in_think) for i in choices
+        }
         k = p.logprobs
         token_splitters = {i: TokenSplitter(self.markers, p.in_think) for i in choices} if k is not None else {}
         watchers = {i: StopWatcher(p.stop) for i in choices} if p.stop else {}
@@ -620,9 +754,9 @@ class Service:
                         if hit:  # what the piece carried past the stop string is not counted
                             n = tokens_past(self.tokenizer, o.token_ids, watchers[o.index].past)
                             if n:
-                                del c.ids[len(c.ids) - n:]
+                                del c.ids[len(c.ids) - n :]
                                 if lp is not None:
-                                    lp = (lp[0], lp[1][:max(0, len(lp[1]) - n)])
+                                    lp = (lp[0], lp[1][: max(0, len(lp[1]) - n)])
                         finish = "stop" if hit else finish
                     if finish:
                         c.finish_reason = finish
@@ -651,8 +785,14 @@ class Service:
             if finish:
                 yield w.chat(i, finish_reason=finish)
         usage, report = self._account("chat", p, choices, timing.get("ttft"))
-        final = ChatCompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
-                                    usage=usage if include_usage else None, effort=report)
+        final = ChatCompletionChunk(
+            id=rid,
+            created=created,
+            model=p.model_name,
+            choices=[],
+            usage=usage if include_usage else None,
+            effort=report,
+        )
         yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -674,11 +814,18 @@ class Service:
         out = []
         for i, c in choices.items():
             shown = p.show_reasoning and (in_think or split_ids(c.ids, self.markers, p.in_think).started)
-            out.append(CompletionChoice(index=i, text=prefix + c.answer, finish_reason=c.finish_reason,
-                                        reasoning=c.reasoning if shown else None,
-                                        reasoning_content=c.reasoning if shown else None,
-                                        logprobs=None if p.logprobs is None else CompletionLogprobs(
-                                            **completion_logprobs(c.lp_answer, len(prefix), p.logprobs))))
+            out.append(
+                CompletionChoice(
+                    index=i,
+                    text=prefix + c.answer,
+                    finish_reason=c.finish_reason,
+                    reasoning=c.reasoning if shown else None,
+                    reasoning_content=c.reasoning if shown else None,
+                    logprobs=None
+                    if p.logprobs is None
+                    else CompletionLogprobs(**completion_logprobs(c.lp_answer, len(prefix), p.logprobs)),
+                )
+            )
         return Completion(model=p.model_name, choices=out, usage=usage, effort=report)
 
     async def _completion_stream(self, req: CompletionRequest, p: _Prepared, prefix: str) -> AsyncIterator[str]:
@@ -701,7 +848,13 @@ class Service:
             if r or a or finish or lp_json:
                 yield w.completion(i, a, r or None, finish, lp_json)
         usage, report = self._account("completions", p, choices, timing.get("ttft"))
-        final = CompletionChunk(id=rid, created=created, model=p.model_name, choices=[],
-                                usage=usage if include_usage else None, effort=report)
+        final = CompletionChunk(
+            id=rid,
+            created=created,
+            model=p.model_name,
+            choices=[],
+            usage=usage if include_usage else None,
+            effort=report,
+        )
         yield f"data: {final.model_dump_json(exclude_none=True)}\n\n"
         yield "data: [DONE]\n\n"

@@ -114,8 +114,14 @@ async def _arrived(content: aiohttp.StreamReader):
 def sampling_to_json(params) -> dict:
     """The fields of a vLLM `SamplingParams` the OpenAI completions API carries (no `stop`: the
     service applies stop strings to the answer itself, as in-process)."""
-    body = {"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
-            "max_tokens": params.max_tokens, "skip_special_tokens": False, "return_token_ids": True}
+    body = {
+        "n": params.n,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "skip_special_tokens": False,
+        "return_token_ids": True,
+    }
     if params.seed is not None:
         body["seed"] = params.seed
     budget = getattr(params, "thinking_token_budget", None)
@@ -139,16 +145,24 @@ def sampling_to_json(params) -> dict:
 @functools.cache
 def _default_params():
     from vllm import SamplingParams
+
     return SamplingParams()
 
 
 _CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
 
 
-
 class UpstreamEngine:
-    def __init__(self, url: str, model: str, names: dict[str, str] | None = None, timeout: float = 600.0,
-                 connect_timeout: float = 5.0, max_connections: int = 256, api_key: str = ""):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        names: dict[str, str] | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 5.0,
+        max_connections: int = 256,
+        api_key: str = "",
+    ):
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
@@ -166,8 +180,11 @@ class UpstreamEngine:
         """The pooled session (made on first use, inside the server's event loop)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=self._timeout, read_bufsize=2 ** 20,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60))
+                headers=self._headers,
+                timeout=self._timeout,
+                read_bufsize=2**20,
+                connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60),
+            )
         return self._session
 
     @contextmanager
@@ -198,8 +215,12 @@ class UpstreamEngine:
         from vllm.sampling_params import RequestOutputKind
 
         final_only = params.output_kind == RequestOutputKind.FINAL_ONLY
-        body = {"model": self.model_for(lora_request), "prompt": list(prompt["prompt_token_ids"]),
-                "stream": not final_only, **sampling_to_json(params)}
+        body = {
+            "model": self.model_for(lora_request),
+            "prompt": list(prompt["prompt_token_ids"]),
+            "stream": not final_only,
+            **sampling_to_json(params),
+        }
         t0 = time.perf_counter()
         first = True
         url, headers = self.url + "/v1/completions", {"x-request-id": request_id}
@@ -235,8 +256,9 @@ class UpstreamEngine:
         status = r.status if 400 <= r.status < 500 and r.status != 404 else 502
         if r.status == 404:  # the upstream does not serve that model / adapter
             msg = f"the upstream does not serve this model: {msg}"
-        return UpstreamError(f"upstream answered {r.status}: {msg}", status,
-                             "upstream_rejected" if status < 500 else "upstream_error")
+        return UpstreamError(
+            f"upstream answered {r.status}: {msg}", status, "upstream_rejected" if status < 500 else "upstream_error"
+        )
 
     async def abort(self, request_id: str) -> None:
         """Nothing to do: leaving the stream closes the connection and vLLM aborts on disconnect."""
@@ -257,6 +279,7 @@ class UpstreamEngine:
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, IndexError):
                     pass
                 await asyncio.sleep(every)
+
         self._gauges = asyncio.get_running_loop().create_task(poll())
 
     async def aclose(self) -> None:

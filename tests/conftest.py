@@ -49,8 +49,10 @@ def make_noisy_adapter(model_dir: Path, folder: Path, name: str = "noisy", seed:
 
     from effort_server.contract.manifest import AdapterManifest
 
-    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    pm = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -80,9 +82,19 @@ def quick_adapters(model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
     runs = tmp_path_factory.mktemp("runs")
     for kind, cls in RECIPES.items():
-        train_recipe(cls, RLConfig(model=str(model_dir), quick=True, threads=1, name=f"q-{kind}",
-                                   lr_schedule="linear" if kind == "dler-da" else "constant",
-                                   out=str(folder / f"q-{kind}"), run_dir=str(runs / kind)), log=lambda *_: None)
+        train_recipe(
+            cls,
+            RLConfig(
+                model=str(model_dir),
+                quick=True,
+                threads=1,
+                name=f"q-{kind}",
+                lr_schedule="linear" if kind == "dler-da" else "constant",
+                out=str(folder / f"q-{kind}"),
+                run_dir=str(runs / kind),
+            ),
+            log=lambda *_: None,
+        )
     return folder
 
 
@@ -107,9 +119,25 @@ def server(model_dir, adapter_dir, tmp_path_factory):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     t0 = time.time()
-    proc = start([sys.executable, "-m", "effort_server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-                  "--adapters", f"{REPO / 'adapters'},{adapter_dir}", "--log-level", "warning"],
-                 tmp_path_factory.mktemp("logs") / "server.log", base, timeout=180)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "effort_server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(model_dir),
+            "--adapters",
+            f"{REPO / 'adapters'},{adapter_dir}",
+            "--log-level",
+            "warning",
+        ],
+        tmp_path_factory.mktemp("logs") / "server.log",
+        base,
+        timeout=180,
+    )
     print(f"\nserver ready in {time.time() - t0:.1f} s")
     SERVER_PID["pid"] = proc.pid
     yield base

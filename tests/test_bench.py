@@ -1,7 +1,6 @@
 """The bench table's arithmetic (the bench itself runs both servers: `effort bench serve`)."""
 
 import pytest
-
 from effort_server.server.bench import _table
 
 
@@ -41,7 +40,9 @@ def test_bench_budget_is_what_our_policy_enforces_at_full_effort(max_tokens):
     from effort_server.server.config import ServerSettings
     from effort_server.server.policy import Policy
 
-    d = Policy(ServerSettings(), {}, "tiny", full_effort_tokens=100).decide(model=None, effort=1.0, max_tokens=max_tokens)
+    d = Policy(ServerSettings(), {}, "tiny", full_effort_tokens=100).decide(
+        model=None, effort=1.0, max_tokens=max_tokens
+    )
     assert full_effort_budget(max_tokens) == d.thinking_budget
 
 
@@ -51,12 +52,15 @@ def test_paired_line_reports_the_median_per_request_ratio_and_its_spread():
     line = paired_line({False: [0.9, 1.0, 1.02, 1.1, 1.2], True: [0.97]})
     assert "not streamed 1.020 (IQR 0.950-1.150, 5 requests)" in line
     assert "streamed 0.970 (IQR 0.970-0.970, 1 requests)" in line
-    table = _table({(1, False): {"vllm": [run(100, 1.0)], "ours": [run(100, 1.0)]}}, {"vllm": 1.0, "ours": 1.0},
-                   note=line)
+    table = _table(
+        {(1, False): {"vllm": [run(100, 1.0)], "ours": [run(100, 1.0)]}}, {"vllm": 1.0, "ours": 1.0}, note=line
+    )
     assert line in table.splitlines()
 
 
-@pytest.mark.parametrize("requests,waves,conc,expected", [(32, 8, 1, 32), (32, 8, 16, 128), (200, 8, 16, 200), (1, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "requests,waves,conc,expected", [(32, 8, 1, 32), (32, 8, 16, 128), (200, 8, 16, 200), (1, 1, 1, 1)]
+)
 def test_scenario_sends_at_least_waves_rounds_of_the_concurrency(requests, waves, conc, expected):
     from effort_server.server.bench import scenario_requests
 

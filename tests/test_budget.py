@@ -47,8 +47,9 @@ def test_budget_cut_hurts(evaluator, task):
     full = evaluator.generate(probs, task, None, [None] * len(probs))
     solved = [(p, r) for p, r in zip(probs, full) if r["correct"]]
     assert len(solved) >= 5
-    cut = evaluator.generate([p for p, _ in solved], task, None,
-                             [max(1, r["reasoning_tokens"] // 4) for _, r in solved])
+    cut = evaluator.generate(
+        [p for p, _ in solved], task, None, [max(1, r["reasoning_tokens"] // 4) for _, r in solved]
+    )
     assert sum(r["correct"] for r in cut) <= 0.5 * len(solved)
 
 

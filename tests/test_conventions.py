@@ -5,7 +5,6 @@ OpenRouter's `reasoning` object, `chat_template_kwargs` (and a template's own no
 from pathlib import Path
 
 import pytest
-
 from effort_server.training.tasks import DigitsTask
 
 MODEL = "effort-tiny"
@@ -13,8 +12,9 @@ QWEN3_TEMPLATE = Path(__file__).resolve().parent / "fixtures" / "qwen3_chat_temp
 
 
 def chat(client, question, stream=False, **extra):
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}],
-                                          temperature=0, extra_body=extra, stream=stream)
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, extra_body=extra, stream=stream
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +26,19 @@ def reasoning_tokens(r):
     return r.usage.completion_tokens_details.reasoning_tokens
 
 
-@pytest.mark.parametrize("extra,applied,requested", [
-    ({"reasoning": {"effort": "none"}}, 0.0, "none"),
-    ({"reasoning": {"enabled": False}}, 0.0, False),
-    ({"chat_template_kwargs": {"enable_thinking": False}}, 0.0, False),
-    ({"reasoning": {"effort": "low"}}, 0.25, "low"),
-    ({"reasoning_effort": "max"}, 1.0, "max"),
-    ({"reasoning": {"enabled": True}}, 1.0, None),
-    ({"chat_template_kwargs": {"enable_thinking": True}}, 1.0, None),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "extra,applied,requested",
+    [
+        ({"reasoning": {"effort": "none"}}, 0.0, "none"),
+        ({"reasoning": {"enabled": False}}, 0.0, False),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, 0.0, False),
+        ({"reasoning": {"effort": "low"}}, 0.25, "low"),
+        ({"reasoning_effort": "max"}, 1.0, "max"),
+        ({"reasoning": {"enabled": True}}, 1.0, None),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, 1.0, None),
+    ],
+    ids=lambda v: str(v),
+)
 def test_every_convention_reaches_the_policy(client, question, extra, applied, requested):
     r = chat(client, question, **extra)
     rep = r.model_extra["effort"]
@@ -77,11 +81,10 @@ def test_template_kwargs_reach_the_template(client, question):
 def qwen3_service(model_dir):
     """The server's prompt building (no engine) with Qwen3's real chat template (on the embedded
     model's byte-level tokenizer: the rendered text round-trips)."""
-    from transformers import AutoTokenizer
-
     from effort_server.server.config import ServerSettings
     from effort_server.server.engine import EngineSettings
     from effort_server.server.service import Service, _has_thinking_switch
+    from transformers import AutoTokenizer
 
     svc = Service(ServerSettings(router="none"), EngineSettings())
     svc.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -90,20 +93,24 @@ def qwen3_service(model_dir):
     return svc
 
 
-@pytest.mark.parametrize("body,no_think", [
-    ({"reasoning_effort": "none"}, True),      # effort 0 uses the template's own switch
-    ({"effort": 0}, True),
-    ({"chat_template_kwargs": {"enable_thinking": False}}, True),
-    ({"effort": "low"}, False),
-    ({}, False),
-])
+@pytest.mark.parametrize(
+    "body,no_think",
+    [
+        ({"reasoning_effort": "none"}, True),  # effort 0 uses the template's own switch
+        ({"effort": 0}, True),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, True),
+        ({"effort": "low"}, False),
+        ({}, False),
+    ],
+)
 def test_effort_zero_uses_the_templates_no_think_mode(qwen3_service, body, no_think):
     from effort_server.server.protocol import ChatCompletionRequest
 
     svc = qwen3_service
     assert svc.template_switch
     req = ChatCompletionRequest(model=svc.base_name, messages=[{"role": "user", "content": "hi"}], **body)
-    d = svc.policy.decide(model=None, effort=req.effort, reasoning_effort=req.reasoning_effort,
-                          enable_thinking=req.enable_thinking())
+    d = svc.policy.decide(
+        model=None, effort=req.effort, reasoning_effort=req.reasoning_effort, enable_thinking=req.enable_thinking()
+    )
     text = svc.tokenizer.decode(svc._chat_prompt(req)(None, d))
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") == no_think, text

@@ -52,8 +52,21 @@ def test_k8s_manifests_validate_against_the_schema():
 
 
 def _dclint(*files) -> subprocess.CompletedProcess:
-    return subprocess.run([_tool("dclint"), "-c", str(DEPLOY / ".dclintrc"), "--max-warnings", "0", "--color",
-                           "false", *map(str, files)], capture_output=True, text=True, cwd=DEPLOY)
+    return subprocess.run(
+        [
+            _tool("dclint"),
+            "-c",
+            str(DEPLOY / ".dclintrc"),
+            "--max-warnings",
+            "0",
+            "--color",
+            "false",
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=DEPLOY,
+    )
 
 
 def test_compose_files_pass_dclint():
@@ -63,11 +76,17 @@ def test_compose_files_pass_dclint():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("change,rule", [
-    (lambda d: d["services"]["grafana"].update(imag="x"), "invalid-schema"),  # a typo in a key
-    (lambda d: d["services"]["grafana"].update(ports=["3000:3000"]), "no-unbound-port-interfaces"),
-    (lambda d: d["services"]["grafana"].update(image="grafana/grafana:latest"), "service-image-require-explicit-tag"),
-])
+@pytest.mark.parametrize(
+    "change,rule",
+    [
+        (lambda d: d["services"]["grafana"].update(imag="x"), "invalid-schema"),  # a typo in a key
+        (lambda d: d["services"]["grafana"].update(ports=["3000:3000"]), "no-unbound-port-interfaces"),
+        (
+            lambda d: d["services"]["grafana"].update(image="grafana/grafana:latest"),
+            "service-image-require-explicit-tag",
+        ),
+    ],
+)
 def test_dclint_rejects_a_broken_compose_file(tmp_path, change, rule):
     doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     change(doc)
@@ -85,8 +104,18 @@ def test_compose_files_are_consistent(name):
     assert set(doc) <= {"name", "services", "volumes", "networks", "configs", "secrets"}
     base = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     for svc, spec in doc["services"].items():
-        assert set(spec) <= {"build", "image", "command", "ports", "volumes", "environment", "healthcheck",
-                             "depends_on", "restart", "deploy"}, svc
+        assert set(spec) <= {
+            "build",
+            "image",
+            "command",
+            "ports",
+            "volumes",
+            "environment",
+            "healthcheck",
+            "depends_on",
+            "restart",
+            "deploy",
+        }, svc
         if name == "compose.yaml":
             assert "image" in spec or "build" in spec, svc
             assert not spec.get("image", "x:1").endswith(":latest") and ":" in spec.get("image", "x:1"), svc
@@ -103,8 +132,11 @@ def test_compose_files_are_consistent(name):
 
 
 def test_alert_rules_pass_promtool():
-    r = subprocess.run([_tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [_tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 
@@ -137,9 +169,18 @@ def prometheus(server, tmp_path_factory):
     cfg["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
     (d / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     url = f"http://127.0.0.1:{port}"
-    proc = start([_tool("prometheus"), f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}"], d / "prometheus.log", url, ready_path="/-/ready",
-                 timeout=60)
+    proc = start(
+        [
+            _tool("prometheus"),
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        d / "prometheus.log",
+        url,
+        ready_path="/-/ready",
+        timeout=60,
+    )
     yield url
     stop(proc, 20)
 
@@ -149,18 +190,29 @@ def _load(server: str, seconds: float) -> int:
     from effort_server.training.tasks import DigitsTask
 
     qs = [p.question for p in DigitsTask().problems("test", 40, seed=31)]
-    bodies = [{"effort": "low"}, {"effort": "medium"}, {"effort": 1.0}, {"reasoning_effort": "none"},
-              {"effort": "auto"}, {"thinking_token_budget": 2}, {"effort": "auto", "stream": True,
-                                                                 "stream_options": {"include_usage": True}},
-              {"effort": 1.5}]
+    bodies = [
+        {"effort": "low"},
+        {"effort": "medium"},
+        {"effort": 1.0},
+        {"reasoning_effort": "none"},
+        {"effort": "auto"},
+        {"thinking_token_budget": 2},
+        {"effort": "auto", "stream": True, "stream_options": {"include_usage": True}},
+        {"effort": 1.5},
+    ]
     sent, stop = [0], time.time() + seconds
 
     def worker(k: int):
         with httpx.Client(timeout=60) as c:
             i = k
             while time.time() < stop:
-                body = {"model": "effort-tiny", "temperature": 0, "max_tokens": 256,
-                        "messages": [{"role": "user", "content": qs[i % len(qs)]}], **bodies[i % len(bodies)]}
+                body = {
+                    "model": "effort-tiny",
+                    "temperature": 0,
+                    "max_tokens": 256,
+                    "messages": [{"role": "user", "content": qs[i % len(qs)]}],
+                    **bodies[i % len(bodies)],
+                }
                 c.post(f"{server}/v1/chat/completions", json=body)
                 sent[0] += 1
                 i += 3

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from effort_server.server.engine import EngineSettings, default_model, kv_cache_bytes
 
-MiB = 2 ** 20
+MiB = 2**20
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -25,19 +24,37 @@ def _model(tmp_path: Path, **cfg) -> str:
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("case, cfg, settings, want", [
-    # embedded model: 2 (K, V) x 4 layers x 4 kv heads x 32 head dim x 4 bytes x 64 seqs x 1024 tokens
-    ("embedded", None, {}, 256 * MiB),
-    ("fewer seqs", None, {"max_num_seqs": 16}, 64 * MiB),
-    ("floor", {"num_hidden_layers": 1, "num_attention_heads": 1, "hidden_size": 8}, {}, 64 * MiB),
-    ("cap", {"num_hidden_layers": 64, "num_attention_heads": 64, "num_key_value_heads": 8, "hidden_size": 8192},
-     {}, 1024 * MiB),
-    ("head_dim and text_config", {"text_config": {"num_hidden_layers": 2, "num_attention_heads": 8,
-                                                  "num_key_value_heads": 2, "head_dim": 64, "hidden_size": 256}},
-     {"max_num_seqs": 64, "max_model_len": 2048}, 2 * 2 * 2 * 64 * 4 * 64 * 2048),
-    ("not sizeable", {"architectures": ["Something"]}, {}, 1024 * MiB),
-    ("user engine_args", None, {"engine_args": '{"kv_cache_memory_bytes": 123}'}, None),
-])
+@pytest.mark.parametrize(
+    "case, cfg, settings, want",
+    [
+        # embedded model: 2 (K, V) x 4 layers x 4 kv heads x 32 head dim x 4 bytes x 64 seqs x 1024 tokens
+        ("embedded", None, {}, 256 * MiB),
+        ("fewer seqs", None, {"max_num_seqs": 16}, 64 * MiB),
+        ("floor", {"num_hidden_layers": 1, "num_attention_heads": 1, "hidden_size": 8}, {}, 64 * MiB),
+        (
+            "cap",
+            {"num_hidden_layers": 64, "num_attention_heads": 64, "num_key_value_heads": 8, "hidden_size": 8192},
+            {},
+            1024 * MiB,
+        ),
+        (
+            "head_dim and text_config",
+            {
+                "text_config": {
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 8,
+                    "num_key_value_heads": 2,
+                    "head_dim": 64,
+                    "hidden_size": 256,
+                }
+            },
+            {"max_num_seqs": 64, "max_model_len": 2048},
+            2 * 2 * 2 * 64 * 4 * 64 * 2048,
+        ),
+        ("not sizeable", {"architectures": ["Something"]}, {}, 1024 * MiB),
+        ("user engine_args", None, {"engine_args": '{"kv_cache_memory_bytes": 123}'}, None),
+    ],
+)
 def test_kv_cache_bytes(tmp_path, monkeypatch, case, cfg, settings, want):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     model = default_model() if cfg is None else _model(tmp_path / "m", **cfg)
@@ -81,8 +98,13 @@ def test_engine_core_dies_with_a_killed_server(mode):
     # a user's VLLM_WORKER_MULTIPROC_METHOD turns fork_engine_core off; vLLM's CPU platform sets it to
     # `spawn` in the environment of any process that built an engine (this test session, before us)
     env = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**env, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
     child = int(parent.stdout.readline())
     try:
         assert _alive(child)

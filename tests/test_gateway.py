@@ -12,10 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from procs import free_port, start, stop
 from effort_server.server.bench import vllm_cmd
 from effort_server.server.engine import EngineSettings, prepare_env
+from procs import free_port, start, stop
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "effort-tiny"
@@ -31,8 +30,14 @@ def _start(cmd, log_path: Path, url: str):
 def vllm_upstream(model_dir, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = vllm_cmd(str(model_dir), port, EngineSettings(), ("<think>", "</think>"), served=MODEL,
-                   loras={"dler": str(REPO / "adapters" / "dler")})
+    cmd = vllm_cmd(
+        str(model_dir),
+        port,
+        EngineSettings(),
+        ("<think>", "</think>"),
+        served=MODEL,
+        loras={"dler": str(REPO / "adapters" / "dler")},
+    )
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "vllm.log", url)
     yield url
     stop(proc)
@@ -42,9 +47,24 @@ def vllm_upstream(model_dir, tmp_path_factory):
 def gateway(vllm_upstream, model_dir, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--upstream", vllm_upstream, "--model", str(model_dir),
-           "--adapters", str(REPO / "adapters" / "dler"), "--router", str(REPO / "adapters" / "router"),
-           "--port", str(port), "--log-level", "warning"]  # the in-process server's router: the same budgets
+    cmd = [
+        sys.executable,
+        "-m",
+        "effort_server.cli",
+        "serve",
+        "--upstream",
+        vllm_upstream,
+        "--model",
+        str(model_dir),
+        "--adapters",
+        str(REPO / "adapters" / "dler"),
+        "--router",
+        str(REPO / "adapters" / "router"),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]  # the in-process server's router: the same budgets
     proc = _start(cmd, tmp_path_factory.mktemp("logs") / "gateway.log", url)
     yield url
     stop(proc)
@@ -57,8 +77,13 @@ def chat(url, question, stream=False, **extra):
     model = extra.pop("model", MODEL)
     if model == MODEL:
         extra.setdefault("adapters", "none")
-    body = {"model": model, "messages": [{"role": "user", "content": question}],
-            "temperature": 0, "max_tokens": 256, **extra}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": 256,
+        **extra,
+    }
     if not stream:
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
         return r.status_code, r.json()
@@ -86,12 +111,21 @@ def questions():
     return [p.question for p in DigitsTask().problems("test", 6, seed=41)]
 
 
-@pytest.mark.parametrize("extra", [{}, {"thinking_token_budget": 5}, {"effort": "low"}, {"reasoning_effort": "none"},
-                                   {"model": "dler"}, {"logprobs": True, "top_logprobs": 2, "effort": "medium"},
-                                   {"presence_penalty": 1.5, "frequency_penalty": 0.5, "logit_bias": {"290": -100}},  # " check"
-                                   {"structured_outputs": {"regex": "[0-9]{3}"}}, {"stop": [" check", "{"]}],
-                         ids=["full", "budget-5", "low", "none", "adapter", "logprobs", "penalties", "structured",
-                              "stop"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"thinking_token_budget": 5},
+        {"effort": "low"},
+        {"reasoning_effort": "none"},
+        {"model": "dler"},
+        {"logprobs": True, "top_logprobs": 2, "effort": "medium"},
+        {"presence_penalty": 1.5, "frequency_penalty": 0.5, "logit_bias": {"290": -100}},  # " check"
+        {"structured_outputs": {"regex": "[0-9]{3}"}},
+        {"stop": [" check", "{"]},
+    ],
+    ids=["full", "budget-5", "low", "none", "adapter", "logprobs", "penalties", "structured", "stop"],
+)
 def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
     """Same prompt ids, same engine, greedy: the gateway's answer, reasoning, usage and effort
     report equal the in-process server's."""
@@ -103,13 +137,21 @@ def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
         assert ma["content"] == mb["content"] and ma.get("reasoning") == mb.get("reasoning")
         assert a["usage"] == b["usage"]
         ra, rb = a["effort"], b["effort"]
-        assert (ra["thinking_budget"], ra["adapter"], ra["budget_hit"]) == (rb["thinking_budget"], rb["adapter"], rb["budget_hit"])
+        assert (ra["thinking_budget"], ra["adapter"], ra["budget_hit"]) == (
+            rb["thinking_budget"],
+            rb["adapter"],
+            rb["budget_hit"],
+        )
         if "thinking_token_budget" in extra:
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] <= 5 and ma["content"]
         if extra.get("reasoning_effort") == "none":
             assert a["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
         if "stop" in extra:  # applied to the answer only, by the gateway as in-process
-            assert ma["content"] == "\\boxed" and a["choices"][0]["finish_reason"] == "stop" and " check" in ma["reasoning"]
+            assert (
+                ma["content"] == "\\boxed"
+                and a["choices"][0]["finish_reason"] == "stop"
+                and " check" in ma["reasoning"]
+            )
         if "structured_outputs" in extra:  # the upstream applied the constraint after the thinking, as we do
             assert len(ma["content"]) == 3 and ma["content"].isdigit() and ma["reasoning"]
         if "logit_bias" in extra:
@@ -124,7 +166,9 @@ def test_gateway_equals_in_process_serving(gateway, server, questions, extra):
 
 def test_gateway_adapter_changes_output(gateway, questions):
     base = [chat(gateway, q)[1]["usage"]["completion_tokens_details"]["reasoning_tokens"] for q in questions]
-    dler = [chat(gateway, q, model="dler")[1]["usage"]["completion_tokens_details"]["reasoning_tokens"] for q in questions]
+    dler = [
+        chat(gateway, q, model="dler")[1]["usage"]["completion_tokens_details"]["reasoning_tokens"] for q in questions
+    ]
     assert sum(dler) < sum(base)
 
 
@@ -135,7 +179,9 @@ def test_gateway_streaming_matches_non_streaming(gateway, questions):
         m, lp = full["choices"][0]["message"], full["choices"][0]["logprobs"]
         assert text == m["content"] and reasoning == (m.get("reasoning") or "")
         assert tokens == [t["token"] for t in lp["reasoning"] + lp["content"]] and "".join(tokens) == reasoning + text
-        assert final["usage"] == full["usage"] and final["effort"]["thinking_budget"] == full["effort"]["thinking_budget"]
+        assert (
+            final["usage"] == full["usage"] and final["effort"]["thinking_budget"] == full["effort"]["thinking_budget"]
+        )
 
 
 def test_gateway_lists_models_and_rejects_unknown(gateway):
@@ -180,9 +226,28 @@ def test_upstream_slow_is_504_and_down_is_502(model_dir, tmp_path):
     up = f"http://127.0.0.1:{fake.server_address[1]}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _start([sys.executable, "-m", "effort_server.cli", "serve", "--upstream", up, "--model", str(model_dir),
-                   "--adapters", "/nonexistent", "--upstream-timeout", "1", "--port", str(port),
-                   "--log-level", "warning"], tmp_path / "gw.log", url)
+    proc = _start(
+        [
+            sys.executable,
+            "-m",
+            "effort_server.cli",
+            "serve",
+            "--upstream",
+            up,
+            "--model",
+            str(model_dir),
+            "--adapters",
+            "/nonexistent",
+            "--upstream-timeout",
+            "1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        tmp_path / "gw.log",
+        url,
+    )
     try:
         s, body = chat(url, "a1 b2")
         assert s == 504 and body["error"]["code"] == "upstream_timeout" and body["error"]["message"], body

@@ -6,14 +6,22 @@ import sys
 import pytest
 
 SERVER_PATHS = [
-    "effort_server.server.app", "effort_server.server.service", "effort_server.server.bench",
-    "effort_server.server.bench_router", "effort_server.server.cli",
+    "effort_server.server.app",
+    "effort_server.server.service",
+    "effort_server.server.bench",
+    "effort_server.server.bench_router",
+    "effort_server.server.cli",
 ]
 
 
 def _loaded_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
-                         capture_output=True, text=True, check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
     return set(out.stdout.split())
 
 
@@ -25,8 +33,10 @@ def test_server_imports_nothing_of_training(module):
 
 
 def test_serve_command_loads_only_the_server_half():
-    code = ("from effort_server import cli; p = cli.build_parser(['serve', '--port', '1']); "
-            "a = p.parse_args(['serve', '--port', '1'])")
+    code = (
+        "from effort_server import cli; p = cli.build_parser(['serve', '--port', '1']); "
+        "a = p.parse_args(['serve', '--port', '1'])"
+    )
     mods = _loaded_after(code)
     assert "effort_server.server.cli" in mods
     assert not [m for m in mods if m.startswith("effort_server.training")]
@@ -37,8 +47,11 @@ def test_no_generic_top_level_packages():
     for name in ("server", "training"):
         r = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd="/")
         assert r.returncode != 0, f"a top-level package {name!r} is installed"
-    subprocess.run([sys.executable, "-c", "import effort_server.server, effort_server.training, effort_server.contract"],
-                   check=True, cwd="/")
+    subprocess.run(
+        [sys.executable, "-c", "import effort_server.server, effort_server.training, effort_server.contract"],
+        check=True,
+        cwd="/",
+    )
 
 
 def test_help_lists_every_command():

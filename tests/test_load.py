@@ -42,17 +42,31 @@ async def _load(url: str, n: int, seed: int) -> dict:
 
     rng = random.Random(seed)
     qs = [p.question for p in DigitsTask().problems("test", 100, seed=seed)]
-    efforts = [{"effort": "low"}, {"effort": 0.5}, {"effort": "high"}, {"effort": "auto"},
-               {"reasoning_effort": "none"}, {"thinking_token_budget": 8}, {}]
+    efforts = [
+        {"effort": "low"},
+        {"effort": 0.5},
+        {"effort": "high"},
+        {"effort": "auto"},
+        {"reasoning_effort": "none"},
+        {"thinking_token_budget": 8},
+        {},
+    ]
     stats = {"ok": 0, "disconnected": 0, "429": 0, "unexpected": []}
     sem = asyncio.Semaphore(CONCURRENCY)
     limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY)
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+
         async def one(i: int):
             stream, leave = rng.random() < 0.5, rng.random() < DISCONNECT
-            body = {"model": "effort-tiny", "messages": [{"role": "user", "content": rng.choice(qs)}],
-                    "max_tokens": 48, "temperature": rng.choice([0, 1]), "stream": stream, **rng.choice(efforts)}
+            body = {
+                "model": "effort-tiny",
+                "messages": [{"role": "user", "content": rng.choice(qs)}],
+                "max_tokens": 48,
+                "temperature": rng.choice([0, 1]),
+                "stream": stream,
+                **rng.choice(efforts),
+            }
             async with sem:
                 try:
                     if leave and stream:  # read the first event, then hang up
@@ -110,8 +124,11 @@ def test_load_with_disconnects_leaves_nothing_running(server, server_pid):
     deadline = time.time() + 15
     while time.time() < deadline:
         g = gauges(server)
-        if g.get("effort_requests_in_flight") == 0 and g.get("effort_requests_running") == 0 \
-                and g.get("effort_requests_waiting") == 0:
+        if (
+            g.get("effort_requests_in_flight") == 0
+            and g.get("effort_requests_running") == 0
+            and g.get("effort_requests_waiting") == 0
+        ):
             break
         time.sleep(0.5)
     assert g == {"effort_requests_running": 0, "effort_requests_waiting": 0, "effort_requests_in_flight": 0}, g

@@ -4,7 +4,6 @@ import random
 
 import pytest
 import torch
-
 from effort_server.training.base_model import render_completion, render_prompt
 from effort_server.training.tasks import DigitsTask
 
@@ -59,7 +58,7 @@ def _greedy(model, tok, question, max_new=200):
     ids = tok(render_prompt(question), return_tensors="pt", add_special_tokens=False).input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tok.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def _easy(task, n, seed):
@@ -98,7 +97,9 @@ def test_peft_lora_attaches_and_changes_output(hf):
     model, tok = hf
     import copy
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     ids = tok(render_prompt("a1 b2 c3"), return_tensors="pt").input_ids
     with torch.no_grad():
         base = model(ids).logits
@@ -119,8 +120,17 @@ def test_continued_training_stage_keeps_the_tokenizer_and_records_its_mix(model_
     from effort_server.training.base_model import BaseModelConfig, train_base
 
     out = tmp_path / "tiny2"
-    cfg = BaseModelConfig(out=str(out), init_from=str(model_dir), tokens=2e4, minutes=2, threads=1,
-                          styles="verbose=0.5,partial=0.5", recheck_passes=2, curriculum_start=16, curriculum_until=0)
+    cfg = BaseModelConfig(
+        out=str(out),
+        init_from=str(model_dir),
+        tokens=2e4,
+        minutes=2,
+        threads=1,
+        styles="verbose=0.5,partial=0.5",
+        recheck_passes=2,
+        curriculum_start=16,
+        curriculum_until=0,
+    )
     train_base(cfg, log=lambda *_: None)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         assert (out / f).read_bytes() == (model_dir / f).read_bytes()

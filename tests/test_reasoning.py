@@ -3,24 +3,27 @@
 import random
 
 import pytest
+from effort_server.server.reasoning import StreamSplitter
 
 from effort_server.contract.markers import Markers, split_ids
-
-from effort_server.server.reasoning import StreamSplitter
 
 M = Markers(start=(1,), end=(2,), eos=frozenset({9}))
 M2 = Markers(start=(1, 3), end=(2, 4), eos=frozenset({9}))  # multi-token markers
 
 
-@pytest.mark.parametrize("ids,markers,in_think,expected", [
-    ([1, 5, 6, 2, 7, 9], M, False, ((5, 6), (7,), True, True)),
-    ([1, 2, 7, 9], M, False, ((), (7,), True, True)),            # forced end at once: 0 reasoning
-    ([1, 5, 6, 7], M, False, ((5, 6, 7), (), True, False)),      # never closed: all reasoning
-    ([7, 8, 9], M, False, ((), (7, 8), False, False)),           # never thought
-    ([5, 2, 7], M, True, ((5,), (7,), True, True)),              # prompt opened the thinking
-    ([1, 3, 5, 2, 4, 7, 9], M2, False, ((5,), (7,), True, True)),
-    ([1, 3, 5, 2, 7, 9], M2, False, ((5, 2, 7), (), True, False)),  # half an end marker is not an end
-], ids=["normal", "budget-0", "unclosed", "no-think", "in-think", "multi-token", "partial-marker"])
+@pytest.mark.parametrize(
+    "ids,markers,in_think,expected",
+    [
+        ([1, 5, 6, 2, 7, 9], M, False, ((5, 6), (7,), True, True)),
+        ([1, 2, 7, 9], M, False, ((), (7,), True, True)),  # forced end at once: 0 reasoning
+        ([1, 5, 6, 7], M, False, ((5, 6, 7), (), True, False)),  # never closed: all reasoning
+        ([7, 8, 9], M, False, ((), (7, 8), False, False)),  # never thought
+        ([5, 2, 7], M, True, ((5,), (7,), True, True)),  # prompt opened the thinking
+        ([1, 3, 5, 2, 4, 7, 9], M2, False, ((5,), (7,), True, True)),
+        ([1, 3, 5, 2, 7, 9], M2, False, ((5, 2, 7), (), True, False)),  # half an end marker is not an end
+    ],
+    ids=["normal", "budget-0", "unclosed", "no-think", "in-think", "multi-token", "partial-marker"],
+)
 def test_split_ids(ids, markers, in_think, expected):
     s = split_ids(ids, markers, in_think)
     assert (s.reasoning_ids, s.answer_ids, s.started, s.closed) == expected
@@ -48,13 +51,16 @@ def test_stream_splitter_any_chunking():
         assert _stream(parts) == ("a3 b7>0 check", "\\boxed{1}"), parts
 
 
-@pytest.mark.parametrize("parts,in_think,expected", [
-    (["<thi", "nk>x</th", "ink>y"], False, ("x", "y")),
-    (["x</think>y"], True, ("x", "y")),
-    (["<think>abc"], False, ("abc", "")),       # unclosed: held-back text flushed as reasoning
-    (["no thinking <"], False, ("", "no thinking <")),
-    (["<think></think>"], False, ("", "")),
-])
+@pytest.mark.parametrize(
+    "parts,in_think,expected",
+    [
+        (["<thi", "nk>x</th", "ink>y"], False, ("x", "y")),
+        (["x</think>y"], True, ("x", "y")),
+        (["<think>abc"], False, ("abc", "")),  # unclosed: held-back text flushed as reasoning
+        (["no thinking <"], False, ("", "no thinking <")),
+        (["<think></think>"], False, ("", "")),
+    ],
+)
 def test_stream_splitter_cases(parts, in_think, expected):
     assert _stream(parts, in_think) == expected
 
@@ -83,7 +89,7 @@ def test_token_splitter_agrees_with_split_ids(markers):
         ids = list(markers.start) + body + list(markers.end) + [rng.choice([3, 4, 7])] * rng.randint(0, 3) + [9]
         in_think = rng.random() < 0.2
         if in_think:
-            ids = ids[len(markers.start):]
+            ids = ids[len(markers.start) :]
         s = split_ids(ids, markers, in_think)
         assert _token_split(ids, markers, in_think, rng) == (s.reasoning_ids, s.answer_ids), ids
 
@@ -95,7 +101,7 @@ def test_stop_watcher_any_chunking(stops):
 
     text = "\\boxed{1} and {1} more"
     at = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = (text[:min(at)], True) if at else (text, False)
+    expected = (text[: min(at)], True) if at else (text, False)
     end = min((i, i + len(s)) for i, s in ((text.find(s), s) for s in stops) if i >= 0)[1] if at else None
     rng = random.Random(2)
     for _ in range(300):
@@ -107,7 +113,7 @@ def test_stop_watcher_any_chunking(stops):
             out += piece
             if hit:
                 # what the engine sent past the stop string's end (its tokens are not counted)
-                assert w.past == len("".join(parts[:n + 1])) - end, parts
+                assert w.past == len("".join(parts[: n + 1])) - end, parts
                 break
         assert (out, hit) == expected, parts
 

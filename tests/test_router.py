@@ -9,16 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from effort_server.server.config import ServerSettings
 from effort_server.server.errors import EffortError
-from effort_server.contract.manifest import AdapterManifest
 from effort_server.server.policy import Policy
 from effort_server.server.registry import Adapter
-from effort_server.contract.scoring import BASE, Route, Router, RouterError, choose
 from effort_server.server.routes import History
-from effort_server.training.router_fit import (RouterCalibrateConfig, RouterFitConfig, fit_router, load_records, ranks, run_calibrate,
-                             spearman)
+from effort_server.training.router_fit import (
+    RouterCalibrateConfig,
+    RouterFitConfig,
+    fit_router,
+    load_records,
+    ranks,
+    run_calibrate,
+    spearman,
+)
+
+from effort_server.contract.manifest import AdapterManifest
+from effort_server.contract.scoring import BASE, Route, Router, RouterError, choose
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,10 +44,11 @@ def make_records(path: Path, seed: int, n: int = 160) -> Path:
         q = _question(rng, k)
         base_len = 6 * k + rng.randint(-2, 2)
         for adapter, setting, toks, ok in (
-                (BASE, "full", base_len, True),
-                (BASE, "route:0.5", min(base_len, 3 * k + 1), k <= 6),
-                (BASE, "none", 0, k <= 2),
-                ("fast", "full", 2 * k + rng.randint(0, 1), True)):
+            (BASE, "full", base_len, True),
+            (BASE, "route:0.5", min(base_len, 3 * k + 1), k <= 6),
+            (BASE, "none", 0, k <= 2),
+            ("fast", "full", 2 * k + rng.randint(0, 1), True),
+        ):
             rows.append(dict(id=q, question=q, adapter=adapter, setting=setting, reasoning_tokens=toks, correct=ok))
     path.write_text(json.dumps({"config": {}, "results": rows}))
     return path
@@ -100,8 +108,9 @@ def test_calibrate_replays_outcomes_and_meets_tolerance(fitted, tmp_path):
     import shutil
 
     shutil.copytree(d / "router", tmp_path / "r")
-    cal = run_calibrate(RouterCalibrateConfig(router=str(tmp_path / "r"), records=str(held), tolerance=0.01),
-                        log=lambda *_: None)
+    cal = run_calibrate(
+        RouterCalibrateConfig(router=str(tmp_path / "r"), records=str(held), tolerance=0.01), log=lambda *_: None
+    )
     assert cal["met_tolerance"]
     assert cal["auto"]["accuracy"] >= cal["best_fixed"]["accuracy"] - 0.01
     # the cheap always-right adapter is the right answer: far fewer tokens than the best fixed base route
@@ -109,8 +118,10 @@ def test_calibrate_replays_outcomes_and_meets_tolerance(fitted, tmp_path):
     assert Router.load(tmp_path / "r").margin == cal["margin"]
 
 
-@pytest.mark.parametrize("bad,msg", [
-    ("missing", "no router"), ("json", "invalid router"), ("shape", "shapes"), ("featuriser", "unknown featuriser")])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [("missing", "no router"), ("json", "invalid router"), ("shape", "shapes"), ("featuriser", "unknown featuriser")],
+)
 def test_broken_router_folder_is_a_clear_error(fitted, tmp_path, bad, msg):
     import shutil
 
@@ -135,7 +146,9 @@ def test_broken_router_folder_is_a_clear_error(fitted, tmp_path, bad, msg):
 
 # -- the policy ---------------------------------------------------------------------------------
 def _adapter(name):
-    return Adapter(name, Path("/nonexistent") / name, AdapterManifest(name=name, kind="dler", base_model="x"), lora_id=1)
+    return Adapter(
+        name, Path("/nonexistent") / name, AdapterManifest(name=name, kind="dler", base_model="x"), lora_id=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,19 +164,23 @@ SHORT, LONG = "a1 b2 c3", _question(random.Random(7), 16)
 CAP = 512 - 16 - 2  # effort 1 has no effort budget; the output limit minus the answer reserve still binds
 
 
-@pytest.mark.parametrize("kw,prompt,model,check", [
-    (dict(), SHORT, None, lambda d: d.adapter == "fast" and d.route == "auto" and d.thinking_budget == CAP),
-    # without the cheap adapter registered, auto must pick among the base's routes
-    (dict(adapters=()), SHORT, None, lambda d: d.adapter is None and d.effort in (0.5, 1.0)),
-    (dict(adapters=()), LONG, None, lambda d: d.adapter is None and d.effort == 1.0),
-    # a huge margin accepts the cheapest route of all: no thinking
-    (dict(router_margin=1.0), LONG, None, lambda d: d.effort == 0.0 and d.thinking_budget == 0),
-    # hard cap and the output limit still bind
-    (dict(max_budget=5), LONG, None, lambda d: d.thinking_budget == 5),
-    (dict(adapters=(), max_budget=0), SHORT, None, lambda d: 8 <= d.thinking_budget <= CAP),
-    # an explicit adapter restricts auto to its routes
-    (dict(), LONG, "fast", lambda d: d.adapter == "fast"),
-], ids=["cheap-adapter", "base-short", "base-long", "margin-1", "hard-cap", "min-budget", "explicit-adapter"])
+@pytest.mark.parametrize(
+    "kw,prompt,model,check",
+    [
+        (dict(), SHORT, None, lambda d: d.adapter == "fast" and d.route == "auto" and d.thinking_budget == CAP),
+        # without the cheap adapter registered, auto must pick among the base's routes
+        (dict(adapters=()), SHORT, None, lambda d: d.adapter is None and d.effort in (0.5, 1.0)),
+        (dict(adapters=()), LONG, None, lambda d: d.adapter is None and d.effort == 1.0),
+        # a huge margin accepts the cheapest route of all: no thinking
+        (dict(router_margin=1.0), LONG, None, lambda d: d.effort == 0.0 and d.thinking_budget == 0),
+        # hard cap and the output limit still bind
+        (dict(max_budget=5), LONG, None, lambda d: d.thinking_budget == 5),
+        (dict(adapters=(), max_budget=0), SHORT, None, lambda d: 8 <= d.thinking_budget <= CAP),
+        # an explicit adapter restricts auto to its routes
+        (dict(), LONG, "fast", lambda d: d.adapter == "fast"),
+    ],
+    ids=["cheap-adapter", "base-short", "base-long", "margin-1", "hard-cap", "min-budget", "explicit-adapter"],
+)
 def test_auto_decisions(router, kw, prompt, model, check):
     adapters = kw.pop("adapters", ("fast",))
     d = _policy(router, adapters, **kw).decide(model=model, effort="auto", max_tokens=512, prompt=prompt)
@@ -190,17 +207,24 @@ def test_numeric_effort_uses_predicted_length(router):
     assert pol.decide(model=None, effort=0.5).spend == 60
 
 
-@pytest.mark.parametrize("kw,check", [
-    # `fast` (a third of the base's tokens, always right) fits half the base's spend: it answers
-    (dict(effort=0.5), lambda d: d.choice == "fast" and d.thinking_budget >= 2 * d.predicted["tokens"]),
-    (dict(effort=1.0), lambda d: d.choice == "fast" and d.thinking_budget is None),  # tied, fewer tokens
-    # pinned to the base: plain budget forcing at the spend, or no thinking where that is as good
-    (dict(effort=0.5, rules='[[1, "base"]]'), lambda d: d.adapter is None and d.choice in ("base@budget", "base@none")),
-    (dict(effort=0), lambda d: d.choice == "base@none" and d.thinking_budget == 0),
-    (dict(effort=0.5, model="fast"), lambda d: d.choice == "fast"),
-    (dict(effort=0.5, adapters="none"), lambda d: d.adapter is None),
-    (dict(effort="auto", adapters="none"), lambda d: d.adapter is None and d.route == "auto"),
-], ids=["half", "full", "pinned-base", "none", "named", "adapters-none", "auto-adapters-none"])
+@pytest.mark.parametrize(
+    "kw,check",
+    [
+        # `fast` (a third of the base's tokens, always right) fits half the base's spend: it answers
+        (dict(effort=0.5), lambda d: d.choice == "fast" and d.thinking_budget >= 2 * d.predicted["tokens"]),
+        (dict(effort=1.0), lambda d: d.choice == "fast" and d.thinking_budget is None),  # tied, fewer tokens
+        # pinned to the base: plain budget forcing at the spend, or no thinking where that is as good
+        (
+            dict(effort=0.5, rules='[[1, "base"]]'),
+            lambda d: d.adapter is None and d.choice in ("base@budget", "base@none"),
+        ),
+        (dict(effort=0), lambda d: d.choice == "base@none" and d.thinking_budget == 0),
+        (dict(effort=0.5, model="fast"), lambda d: d.choice == "fast"),
+        (dict(effort=0.5, adapters="none"), lambda d: d.adapter is None),
+        (dict(effort="auto", adapters="none"), lambda d: d.adapter is None and d.route == "auto"),
+    ],
+    ids=["half", "full", "pinned-base", "none", "named", "adapters-none", "auto-adapters-none"],
+)
 def test_numeric_effort_picks_the_most_accurate_option_that_fits(router, kw, check):
     rules = kw.pop("rules", "")
     d = _policy(router, ("fast",), effort_adapters=rules).decide(model=kw.pop("model", None), prompt=LONG, **kw)
@@ -249,13 +273,16 @@ def test_choose_is_cheapest_within_margin():
     assert choose(p, t, 0.0) == "a" and choose(p, t, 0.01) == "b" and choose(p, t, 0.6) == "c"
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["router", "fit"], "--records is required"),
-    (["router", "fit", "--records", "/nonexistent.json"], "not found"),
-    (["router", "fit", "--records", "README.md"], "not an `effort eval` results.json"),
-    (["router", "calibrate", "--router", "/nonexistent", "--records", "README.md"], "no router"),
-    (["router", "fit", "--records", "x.json", "--featuriser", "bert"], "unknown featuriser"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["router", "fit"], "--records is required"),
+        (["router", "fit", "--records", "/nonexistent.json"], "not found"),
+        (["router", "fit", "--records", "README.md"], "not an `effort eval` results.json"),
+        (["router", "calibrate", "--router", "/nonexistent", "--records", "README.md"], "no router"),
+        (["router", "fit", "--records", "x.json", "--featuriser", "bert"], "unknown featuriser"),
+    ],
+)
 def test_router_cli_errors(args, msg):
     r = subprocess.run([sys.executable, "-m", "effort_server.cli", *args], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
@@ -266,9 +293,8 @@ def test_auto_on_the_live_server(client, server):
     """`auto` thinks less on easy prompts than on hard ones; the report shows the route and the
     prediction; the router metrics move; a repeated prompt is answered from the history."""
     import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     from effort_server.training.tasks import DigitsTask
+    from prometheus_client.parser import text_string_to_metric_families
 
     def scrape():
         out = {}
@@ -283,8 +309,12 @@ def test_auto_on_the_live_server(client, server):
     before = scrape()
 
     def run(q):
-        r = client.chat.completions.create(model="effort-tiny", messages=[{"role": "user", "content": q}],
-                                           temperature=0, extra_body={"effort": "auto"})
+        r = client.chat.completions.create(
+            model="effort-tiny",
+            messages=[{"role": "user", "content": q}],
+            temperature=0,
+            extra_body={"effort": "auto"},
+        )
         rep = r.model_extra["effort"]
         assert rep["route"] == "auto" and rep["requested"] == "auto" and rep["predicted"]["route"], rep
         assert r.choices[0].message.content, "auto must still answer"
@@ -293,8 +323,9 @@ def test_auto_on_the_live_server(client, server):
     e = [run(q) for q in easy]
     h = [run(q) for q in hard]
     assert np.mean([t for t, _ in e]) < np.mean([t for t, _ in h])
-    assert np.mean([r["predicted"]["full_effort_tokens"] for _, r in e]) < \
-        np.mean([r["predicted"]["full_effort_tokens"] for _, r in h])
+    assert np.mean([r["predicted"]["full_effort_tokens"] for _, r in e]) < np.mean(
+        [r["predicted"]["full_effort_tokens"] for _, r in h]
+    )
     after = scrape()
     assert after["effort_router_decisions_total"] - before.get("effort_router_decisions_total", 0) == len(e) + len(h)
     assert after["effort_router_length_error_tokens_count"] > before.get("effort_router_length_error_tokens_count", 0)

@@ -12,22 +12,42 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from procs import free_port, start, stop
 from effort_server.server.limits import Admission, KeyCheck, Overloaded, Unauthorized, load_keys
+from procs import free_port, start, stop
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-test-0123456789"
 HARD = "a1 b2 c3 d4 e5 f6 g7 h8 i9 j0 k1 l2 m3 n4 o5 p6"  # 16 digits: the longest thinking
-LIMITS = dict(max_body_bytes=4096, max_prompt_tokens=200, max_n=8, max_output_tokens=300, max_concurrent=2,
-              max_queue=2, request_timeout=1.0)
+LIMITS = dict(
+    max_body_bytes=4096,
+    max_prompt_tokens=200,
+    max_n=8,
+    max_output_tokens=300,
+    max_concurrent=2,
+    max_queue=2,
+    request_timeout=1.0,
+)
 
 
 def start_secured(model_dir, log_path, **extra):
     port = free_port()
-    args = [sys.executable, "-m", "effort_server.cli", "serve", "--port", str(port), "--model", str(model_dir),
-            "--adapters", str(REPO / "adapters"), "--api-key", f"other-key,{KEY}", "--protect-metrics",
-            "--log-level", "warning"]
+    args = [
+        sys.executable,
+        "-m",
+        "effort_server.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--model",
+        str(model_dir),
+        "--adapters",
+        str(REPO / "adapters"),
+        "--api-key",
+        f"other-key,{KEY}",
+        "--protect-metrics",
+        "--log-level",
+        "warning",
+    ]
     for k, v in {**LIMITS, **extra}.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     url = f"http://127.0.0.1:{port}"
@@ -45,8 +65,13 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 def chat(url, headers=AUTH, **body):
-    payload = {"model": "effort-tiny", "messages": [{"role": "user", "content": "a1 b2 c3"}], "temperature": 0,
-               "max_tokens": 40, **body}
+    payload = {
+        "model": "effort-tiny",
+        "messages": [{"role": "user", "content": "a1 b2 c3"}],
+        "temperature": 0,
+        "max_tokens": 40,
+        **body,
+    }
     return httpx.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=60)
 
 
@@ -60,11 +85,22 @@ def _is_error(r, status, code=None):
 
 
 # -- unit: keys ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("header,ok", [
-    (None, False), ("", False), ("Bearer", False), ("Bearer ", False), ("Basic abc", False),
-    ("Bearer wrong", False), (f"Bearer {KEY}x", False), (f"Bearer {KEY[:-1]}", False),
-    (f"Bearer {KEY}", True), (f"bearer {KEY}", True), ("Bearer k2", True),
-])
+@pytest.mark.parametrize(
+    "header,ok",
+    [
+        (None, False),
+        ("", False),
+        ("Bearer", False),
+        ("Bearer ", False),
+        ("Basic abc", False),
+        ("Bearer wrong", False),
+        (f"Bearer {KEY}x", False),
+        (f"Bearer {KEY[:-1]}", False),
+        (f"Bearer {KEY}", True),
+        (f"bearer {KEY}", True),
+        ("Bearer k2", True),
+    ],
+)
 def test_key_check(header, ok):
     kc = KeyCheck([KEY.encode(), b"k2"])
     if ok:
@@ -102,26 +138,31 @@ def test_admission_queue_and_refusal():
         assert adm.running == 1 and adm.queued == 0
         adm.release(t2)
         assert adm.running == 0
+
     asyncio.run(main())
 
 
 # -- live: auth ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("path,method,headers,status", [
-    ("/v1/models", "get", {}, 401),
-    ("/v1/models", "get", {"authorization": "Bearer nope"}, 401),
-    ("/v1/models", "get", {"authorization": KEY}, 401),  # no scheme
-    ("/v1/models", "get", AUTH, 200),
-    ("/v1/models", "get", {"authorization": "Bearer other-key"}, 200),
-    ("/v1/chat/completions", "post", {}, 401),
-    ("/v1/completions", "post", {"authorization": "Bearer nope"}, 401),
-    ("/health", "get", {}, 200),  # open by default
-    ("/metrics", "get", {}, 401),  # protected by --protect-metrics
-    ("/metrics", "get", AUTH, 200),
-])
+@pytest.mark.parametrize(
+    "path,method,headers,status",
+    [
+        ("/v1/models", "get", {}, 401),
+        ("/v1/models", "get", {"authorization": "Bearer nope"}, 401),
+        ("/v1/models", "get", {"authorization": KEY}, 401),  # no scheme
+        ("/v1/models", "get", AUTH, 200),
+        ("/v1/models", "get", {"authorization": "Bearer other-key"}, 200),
+        ("/v1/chat/completions", "post", {}, 401),
+        ("/v1/completions", "post", {"authorization": "Bearer nope"}, 401),
+        ("/health", "get", {}, 200),  # open by default
+        ("/metrics", "get", {}, 401),  # protected by --protect-metrics
+        ("/metrics", "get", AUTH, 200),
+    ],
+)
 def test_auth(secured, path, method, headers, status):
     body = {"model": "effort-tiny", "prompt": "a1", "messages": [{"role": "user", "content": "a1"}], "max_tokens": 5}
-    r = getattr(httpx, method)(f"{secured}{path}", headers=headers, timeout=60,
-                              **({"json": body} if method == "post" else {}))
+    r = getattr(httpx, method)(
+        f"{secured}{path}", headers=headers, timeout=60, **({"json": body} if method == "post" else {})
+    )
     assert r.status_code == status, r.text
     if status == 401:
         _is_error(r, 401, "invalid_api_key")
@@ -129,18 +170,31 @@ def test_auth(secured, path, method, headers, status):
 
 
 # -- live: limits --------------------------------------------------------------------------------
-@pytest.mark.parametrize("body,status,code,param", [
-    ({"n": 9}, 400, "limit_exceeded", "n"),
-    ({"max_tokens": 301}, 400, "limit_exceeded", "max_tokens"),
-    ({"max_completion_tokens": 301, "max_tokens": None}, 400, "limit_exceeded", "max_tokens"),
-    ({"messages": [{"role": "user", "content": "a1 " * 300}]}, 400, "context_length_exceeded", "messages"),
-    ({"messages": [{"role": "user", "content": "x" * 5000}]}, 413, "request_too_large", None),
-    ({"model": "../adapters/dler"}, 404, "model_not_found", "model"),
-    ({"model": "/work/main/adapters/dler"}, 404, "model_not_found", "model"),
-    ({"model": "%2e%2e%2fdler"}, 404, "model_not_found", "model"),
-    ({"model": "dler/../e1"}, 404, "model_not_found", "model"),
-], ids=["n", "max-tokens", "max-completion-tokens", "prompt-tokens", "body-size", "dotdot", "absolute", "urlencoded",
-        "nested"])
+@pytest.mark.parametrize(
+    "body,status,code,param",
+    [
+        ({"n": 9}, 400, "limit_exceeded", "n"),
+        ({"max_tokens": 301}, 400, "limit_exceeded", "max_tokens"),
+        ({"max_completion_tokens": 301, "max_tokens": None}, 400, "limit_exceeded", "max_tokens"),
+        ({"messages": [{"role": "user", "content": "a1 " * 300}]}, 400, "context_length_exceeded", "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 5000}]}, 413, "request_too_large", None),
+        ({"model": "../adapters/dler"}, 404, "model_not_found", "model"),
+        ({"model": "/work/main/adapters/dler"}, 404, "model_not_found", "model"),
+        ({"model": "%2e%2e%2fdler"}, 404, "model_not_found", "model"),
+        ({"model": "dler/../e1"}, 404, "model_not_found", "model"),
+    ],
+    ids=[
+        "n",
+        "max-tokens",
+        "max-completion-tokens",
+        "prompt-tokens",
+        "body-size",
+        "dotdot",
+        "absolute",
+        "urlencoded",
+        "nested",
+    ],
+)
 def test_limits_and_injection(secured, body, status, code, param):
     r = chat(secured, **{k: v for k, v in body.items()})
     err = _is_error(r, status, code)
@@ -151,8 +205,13 @@ def test_chunked_body_over_limit_is_413(secured):
     def gen():
         for _ in range(10):
             yield b" " * 1000
-    r = httpx.post(f"{secured}/v1/chat/completions", content=gen(),
-                   headers={**AUTH, "content-type": "application/json"}, timeout=30)
+
+    r = httpx.post(
+        f"{secured}/v1/chat/completions",
+        content=gen(),
+        headers={**AUTH, "content-type": "application/json"},
+        timeout=30,
+    )
     _is_error(r, 413, "request_too_large")
 
 
@@ -164,12 +223,19 @@ def test_within_limits_works(secured):
 def test_overload_gives_429_with_retry_after_then_recovers(secured):
     """2 running + 2 queued allowed: 8 concurrent long requests → some 429 (with Retry-After),
     the rest served; afterwards the slots are free again."""
+
     async def main():
         async with httpx.AsyncClient(timeout=60) as c:
-            body = {"model": "effort-tiny", "messages": [{"role": "user", "content": HARD}], "max_tokens": 120,
-                    "temperature": 0}
-            return await asyncio.gather(*(c.post(f"{secured}/v1/chat/completions", json=body, headers=AUTH)
-                                          for _ in range(8)))
+            body = {
+                "model": "effort-tiny",
+                "messages": [{"role": "user", "content": HARD}],
+                "max_tokens": 120,
+                "temperature": 0,
+            }
+            return await asyncio.gather(
+                *(c.post(f"{secured}/v1/chat/completions", json=body, headers=AUTH) for _ in range(8))
+            )
+
     rs = asyncio.run(main())
     codes = sorted(r.status_code for r in rs)
     # exactly 2 running + 2 queued admitted (each then answered, or cut by the 1 s limit)
@@ -188,15 +254,24 @@ def test_timeout_gives_504_and_frees_the_engine(secured):
     """The limit counts from arrival, queue included: behind two long requests holding both
     slots, a third cannot finish within 1 s → 504 (the long ones may hit it too); their engine
     requests are aborted, so the next request is answered at once."""
+
     async def main():
-        long_ = {"model": "effort-tiny", "messages": [{"role": "user", "content": HARD}], "max_tokens": 300,
-                 "temperature": 1.0, "n": 8}
+        long_ = {
+            "model": "effort-tiny",
+            "messages": [{"role": "user", "content": HARD}],
+            "max_tokens": 300,
+            "temperature": 1.0,
+            "n": 8,
+        }
         async with httpx.AsyncClient(timeout=60) as c:
-            first = [asyncio.ensure_future(c.post(f"{secured}/v1/chat/completions", json=long_, headers=AUTH))
-                     for _ in range(2)]
+            first = [
+                asyncio.ensure_future(c.post(f"{secured}/v1/chat/completions", json=long_, headers=AUTH))
+                for _ in range(2)
+            ]
             await asyncio.sleep(0.2)
             third = await c.post(f"{secured}/v1/chat/completions", json=long_, headers=AUTH)
             return third, [await f for f in first]
+
     third, first = asyncio.run(main())
     _is_error(third, 504, "request_timeout")
     assert {r.status_code for r in first} <= {200, 504}
@@ -212,8 +287,16 @@ def test_sigterm_drains_in_flight_then_exits_0(model_dir, tmp_path):
     refused), the stream runs to its end, the process exits 0."""
     proc, url = start_secured(model_dir, tmp_path / "drain.log", request_timeout=60, drain_timeout=30)
     try:
-        body = {"model": "effort-tiny", "messages": [{"role": "user", "content": HARD}], "max_tokens": 250,
-                "temperature": 1.0, "seed": 1, "stream": True, "stream_options": {"include_usage": True}, "n": 4}
+        body = {
+            "model": "effort-tiny",
+            "messages": [{"role": "user", "content": HARD}],
+            "max_tokens": 250,
+            "temperature": 1.0,
+            "seed": 1,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "n": 4,
+        }
         lines = []
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
             it = r.iter_lines()
@@ -238,13 +321,38 @@ def test_fuzz_with_schemathesis_finds_no_5xx_and_no_schema_violation(model_dir, 
     phases; every check except `positive_data_acceptance`, since cross-field rules such as
     n > 1 needing sampling, or a prompt that overflows the context, are not expressible in the
     schema). Short outputs keep it bounded."""
-    proc, url = start_secured(model_dir, tmp_path / "fuzz.log", max_output_tokens=16, max_n=2, request_timeout=60,
-                              max_body_bytes=1 << 20, max_prompt_tokens=0, max_concurrent=64, max_queue=256)
+    proc, url = start_secured(
+        model_dir,
+        tmp_path / "fuzz.log",
+        max_output_tokens=16,
+        max_n=2,
+        request_timeout=60,
+        max_body_bytes=1 << 20,
+        max_prompt_tokens=0,
+        max_concurrent=64,
+        max_queue=256,
+    )
     try:
-        r = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json",
-                            "-H", f"Authorization: Bearer {KEY}", "-n", "330", "--seed", "1",
-                            "--exclude-checks", "positive_data_acceptance", "--request-timeout", "60"],
-                           capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{url}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {KEY}",
+                "-n",
+                "330",
+                "--seed",
+                "1",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--request-timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         out = r.stdout + r.stderr
         import re
 

@@ -2,7 +2,6 @@
 
 import httpx
 import pytest
-
 from effort_server.training.tasks import DigitsTask
 from effort_server.training.tasks.digits import TERSE_MAX
 
@@ -13,8 +12,12 @@ def ask(client, question, **kw):
     extra = {k: kw.pop(k) for k in ("effort", "thinking_token_budget", "reasoning_effort", "adapters") if k in kw}
     extra.update(kw.pop("extra_body", {}))
     return client.chat.completions.create(
-        model=kw.pop("model", MODEL), messages=[{"role": "user", "content": question}],
-        temperature=kw.pop("temperature", 0), extra_body=extra or None, **kw)
+        model=kw.pop("model", MODEL),
+        messages=[{"role": "user", "content": question}],
+        temperature=kw.pop("temperature", 0),
+        extra_body=extra or None,
+        **kw,
+    )
 
 
 def reasoning_tokens(r):
@@ -31,6 +34,7 @@ def test_models_lists_base_and_adapters(client):
     assert ids[0] == MODEL and "noisy" in ids and "broken" not in ids
     assert client.models.retrieve("noisy").id == "noisy" and client.models.retrieve(MODEL).id == MODEL
     import openai
+
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("ghost")
     assert e.value.body["code"] == "model_not_found"
@@ -84,8 +88,11 @@ def test_named_levels_equal_their_numbers(client, prompts):
             a, b = ask(client, p.question, effort=name), ask(client, p.question, effort=number)
             ra, rb = a.model_extra["effort"], b.model_extra["effort"]
             assert ra["applied"] == number and ra["requested"] == name
-            assert (ra["choice"], ra["thinking_budget"], a.choices[0].message.content) == \
-                (rb["choice"], rb["thinking_budget"], b.choices[0].message.content)
+            assert (ra["choice"], ra["thinking_budget"], a.choices[0].message.content) == (
+                rb["choice"],
+                rb["thinking_budget"],
+                b.choices[0].message.content,
+            )
 
 
 @pytest.mark.parametrize("k", [0, 3, 10])
@@ -124,8 +131,9 @@ def test_usage_matches_returned_texts(client, prompts, tokenizer):
         assert m.model_extra["reasoning_content"] == m.reasoning
         # completion = <think> + reasoning + </think> + answer + end-of-sequence
         assert r.usage.completion_tokens == n_reason + n_answer + 3
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": p.question}], add_generation_prompt=True,
-                                         tokenize=False)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p.question}], add_generation_prompt=True, tokenize=False
+        )
         assert r.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=False))
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
@@ -141,8 +149,9 @@ def test_stream_equals_non_stream(client, prompts):
     for p in prompts[:4]:
         for effort in ("low", "high"):
             full = ask(client, p.question, effort=effort, seed=1)
-            chunks = list(ask(client, p.question, effort=effort, seed=1, stream=True,
-                              stream_options={"include_usage": True}))
+            chunks = list(
+                ask(client, p.question, effort=effort, seed=1, stream=True, stream_options={"include_usage": True})
+            )
             reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning") or "" for c in chunks if c.choices)
             content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             assert reasoning == full.choices[0].message.reasoning
@@ -164,14 +173,24 @@ def test_n_choices_and_sampling(client, prompts, tokenizer):
 
 
 def test_completions_endpoint(client, prompts, tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts[0].question}], add_generation_prompt=True,
-                                      tokenize=False)
-    r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200,
-                                  extra_body={"thinking_token_budget": 4})
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[0].question}], add_generation_prompt=True, tokenize=False
+    )
+    r = client.completions.create(
+        model=MODEL, prompt=prompt, temperature=0, max_tokens=200, extra_body={"thinking_token_budget": 4}
+    )
     assert r.usage.completion_tokens_details.reasoning_tokens <= 4
     assert "\\boxed{" in r.choices[0].text and r.model_extra["effort"]["thinking_budget"] == 4
-    stream = list(client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, stream=True,
-                                            extra_body={"thinking_token_budget": 4}))
+    stream = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            temperature=0,
+            max_tokens=200,
+            stream=True,
+            extra_body={"thinking_token_budget": 4},
+        )
+    )
     assert "".join(c.choices[0].text for c in stream if c.choices) == r.choices[0].text
 
 
@@ -194,8 +213,12 @@ def test_chat_logprobs_split_like_the_texts(client, prompts):
     full = _chat_logprobs_check(r, 3)
     chunks = list(ask(client, p.question, logprobs=True, top_logprobs=3, max_tokens=200, stream=True))
     content = [t.logprob for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
-    reasoning = [t["logprob"] for c in chunks if c.choices and c.choices[0].logprobs
-                 for t in c.choices[0].logprobs.model_extra.get("reasoning") or []]
+    reasoning = [
+        t["logprob"]
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.model_extra.get("reasoning") or []
+    ]
     assert (content, reasoning) == full
     assert ask(client, p.question).choices[0].logprobs is None  # only when asked for
     budget = ask(client, p.question, logprobs=True, thinking_token_budget=4)
@@ -203,15 +226,17 @@ def test_chat_logprobs_split_like_the_texts(client, prompts):
 
 
 def test_completion_logprobs(client, prompts, tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompts[3].question}], add_generation_prompt=True,
-                                      tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[3].question}], add_generation_prompt=True, tokenize=False
+    )
     r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2)
     lp, text = r.choices[0].logprobs, r.choices[0].text
     assert "".join(lp.tokens) == text and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
-    assert [text[o:o + len(t)] for o, t in zip(lp.text_offset, lp.tokens)] == lp.tokens
+    assert [text[o : o + len(t)] for o, t in zip(lp.text_offset, lp.tokens)] == lp.tokens
     assert all(len(top) == 2 and max(top, key=top.get) == t for top, t in zip(lp.top_logprobs, lp.tokens))
-    stream = list(client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2,
-                                            stream=True))
+    stream = list(
+        client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=200, logprobs=2, stream=True)
+    )
     pieces = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].logprobs]
     assert [t for x in pieces for t in x.tokens] == lp.tokens
     assert [o for x in pieces for o in x.text_offset] == lp.text_offset
@@ -229,13 +254,19 @@ def test_sampling_fields_are_honoured(client, prompts, tokenizer):
     q = _rechecked(prompts)
     plain = ask(client, q, adapters="none")
     assert " check" in plain.choices[0].message.reasoning
-    banned = ask(client, q, adapters="none", logit_bias={str(check[0]): -100})  # the base's re-check pass can no longer start
+    banned = ask(
+        client, q, adapters="none", logit_bias={str(check[0]): -100}
+    )  # the base's re-check pass can no longer start
     assert " check" not in banned.choices[0].message.reasoning and reasoning_tokens(banned) < reasoning_tokens(plain)
     penalised = ask(client, q, adapters="none", presence_penalty=2.0, frequency_penalty=2.0)
     assert penalised.choices[0].message.reasoning != plain.choices[0].message.reasoning
-    top1 = ask(client, q, adapters="none", temperature=1.0, seed=3, extra_body={"top_k": 1})  # top_k 1 at temperature 1 is greedy
+    top1 = ask(
+        client, q, adapters="none", temperature=1.0, seed=3, extra_body={"top_k": 1}
+    )  # top_k 1 at temperature 1 is greedy
     assert top1.choices[0].message.reasoning == plain.choices[0].message.reasoning
-    wide = ask(client, q, adapters="none", extra_body={"top_k": 10 ** 20})  # more than the vocabulary: no top-k (not an error)
+    wide = ask(
+        client, q, adapters="none", extra_body={"top_k": 10**20}
+    )  # more than the vocabulary: no top-k (not an error)
     assert wide.choices[0].message.reasoning == plain.choices[0].message.reasoning
     long = ask(client, q, adapters="none", reasoning_effort="none", max_tokens=40, extra_body={"min_tokens": 30})
     assert long.usage.completion_tokens >= 30
@@ -253,7 +284,12 @@ def test_structured_answer_leaves_thinking_free(client, prompts):
     digits = ask(client, q, extra_body={"structured_outputs": {"regex": "[0-9]{3}"}})
     assert re.fullmatch(r"[0-9]{3}", digits.choices[0].message.content)
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
-    js = ask(client, q, max_tokens=200, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    js = ask(
+        client,
+        q,
+        max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
     assert js.choices[0].message.content.startswith("{")  # the tiny model knows no JSON; the grammar still holds
     no_tools = ask(client, q, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="none")
     assert no_tools.choices[0].message.reasoning == free.choices[0].message.reasoning  # tools declined: plain chat
@@ -272,7 +308,9 @@ def test_stop_strings_apply_to_the_answer(client, prompts, tokenizer):
     assert " check" in free.choices[0].message.reasoning and free.choices[0].message.content.startswith("\\boxed{")
     kept = ask(client, q, adapters="none", stop=[" check"])
     assert (kept.choices[0].message.reasoning, kept.choices[0].message.content) == (
-        free.choices[0].message.reasoning, free.choices[0].message.content)
+        free.choices[0].message.reasoning,
+        free.choices[0].message.content,
+    )
     cut = ask(client, q, adapters="none", stop=["{", "never"])
     assert cut.choices[0].message.content == "\\boxed" and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens < free.usage.completion_tokens
@@ -284,11 +322,22 @@ def test_stop_strings_apply_to_the_answer(client, prompts, tokenizer):
     assert chunks[-1].usage.completion_tokens == want
 
 
-DOCUMENTED = ["effort_requests_total", "effort_e2e_request_latency_seconds", "effort_time_to_first_token_seconds",
-              "effort_time_per_output_token_seconds", "effort_prompt_tokens", "effort_reasoning_tokens",
-              "effort_answer_tokens", "effort_thinking_budget_tokens", "effort_budget_hits_total",
-              "effort_tokens_saved_total", "effort_request_errors_total", "effort_spend_tokens",
-              "effort_realised_fraction", "effort_route_choices_total"]
+DOCUMENTED = [
+    "effort_requests_total",
+    "effort_e2e_request_latency_seconds",
+    "effort_time_to_first_token_seconds",
+    "effort_time_per_output_token_seconds",
+    "effort_prompt_tokens",
+    "effort_reasoning_tokens",
+    "effort_answer_tokens",
+    "effort_thinking_budget_tokens",
+    "effort_budget_hits_total",
+    "effort_tokens_saved_total",
+    "effort_request_errors_total",
+    "effort_spend_tokens",
+    "effort_realised_fraction",
+    "effort_route_choices_total",
+]
 
 
 def _scrape(server):
@@ -320,59 +369,107 @@ def test_metrics_move(client, server, prompts):
 LONG = "a1 " * 2000
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({"effort": 1.5}, 400, "effort"),
-    ({"effort": "turbo"}, 400, "effort"),
-    ({"effort": "auto", "model": "noisy"}, 400, "effort"),
-    ({"reasoning_effort": "turbo"}, 400, "reasoning_effort"),
-    ({"reasoning": {"effort": "turbo"}}, 400, "reasoning.effort"),
-    ({"reasoning": "high"}, 400, "reasoning"),
-    ({"reasoning": {"max_tokens": -1}}, 400, "reasoning.max_tokens"),
-    ({"reasoning": {"enabled": "yes"}}, 400, "reasoning.enabled"),
-    ({"reasoning": {"enabled": False}, "effort": 0.5}, 400, "reasoning.enabled"),
-    ({"include_reasoning": "no"}, 400, "include_reasoning"),
-    ({"chat_template_kwargs": 5}, 400, "chat_template_kwargs"),
-    ({"chat_template_kwargs": {"tokenize": True}}, 400, "chat_template_kwargs.tokenize"),
-    ({"chat_template_kwargs": {"enable_thinking": "no"}}, 400, "chat_template_kwargs.enable_thinking"),
-    ({"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "high"}, 400,
-     "chat_template_kwargs.enable_thinking"),
-    ({"adapters": "some"}, 400, "adapters"),
-    ({"adapters": "none", "model": "noisy"}, 400, "adapters"),
-    ({"thinking_token_budget": -1}, 400, "thinking_token_budget"),
-    ({"model": "ghost"}, 404, "model"),
-    ({"model": "../noisy"}, 404, "model"),
-    ({"messages": None}, 400, "messages"),
-    ({"messages": []}, 400, "messages"),
-    ({"messages": [{"role": "user", "content": LONG}]}, 400, "messages"),
-    ({"max_tokens": 5000}, 400, "messages"),
-    ({"n": 0}, 400, "n"),
-    ({"temperature": -1}, 400, "temperature"),
-    ({"n": 2, "temperature": 0}, 400, "n"),
-    ({"presence_penalty": 2.5}, 400, "presence_penalty"),
-    ({"logit_bias": {"x": 1}}, 400, "logit_bias"),
-    ({"logit_bias": {"99999999": 1}}, 400, "logit_bias"),
-    ({"logit_bias": {"5": 300}}, 400, "logit_bias"),
-    ({"top_logprobs": 2}, 400, "top_logprobs"),
-    ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
-    ({"repetition_penalty": 0}, 400, "repetition_penalty"),
-    ({"min_tokens": 50, "max_tokens": 10}, 400, "min_tokens"),
-    ({"seed": 10 ** 20}, 400, "seed"),
-    ({"structured_outputs": {"regex": "[0-9"}}, 400, "structured_outputs"),
-    ({"response_format": {"type": "json_schema"}}, 400, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
-     400, "response_format"),
-    ({"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}}, 400, "structured_outputs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
-    ({"structured_outputs": {"json": {"type": "object", "maxProperties": 10 ** 30}}}, 400, "structured_outputs"),
-], ids=["effort-1.5", "effort-turbo", "auto-no-route", "reasoning-effort-bad", "openrouter-effort-bad",
-        "openrouter-not-object", "openrouter-negative-budget", "openrouter-enabled-type", "openrouter-conflict",
-        "include-reasoning-type", "template-kwargs-type", "template-kwargs-reserved", "enable-thinking-type",
-        "enable-thinking-conflict", "adapters-value", "adapters-conflict", "negative-budget", "unknown-model",
-        "path-model", "null-messages", "empty-messages", "prompt-too-long", "max-tokens-over-context", "n-zero",
-        "negative-temperature", "n-greedy", "presence-penalty-range", "logit-bias-key", "logit-bias-vocab",
-        "logit-bias-value", "top-logprobs-alone", "top-logprobs-range", "repetition-penalty-zero", "min-tokens-over-max",
-        "seed-over-64-bit", "bad-regex", "json-schema-missing", "json-schema-invalid", "two-constraints",
-        "tools", "schema-int-over-64-bit"])
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"effort": 1.5}, 400, "effort"),
+        ({"effort": "turbo"}, 400, "effort"),
+        ({"effort": "auto", "model": "noisy"}, 400, "effort"),
+        ({"reasoning_effort": "turbo"}, 400, "reasoning_effort"),
+        ({"reasoning": {"effort": "turbo"}}, 400, "reasoning.effort"),
+        ({"reasoning": "high"}, 400, "reasoning"),
+        ({"reasoning": {"max_tokens": -1}}, 400, "reasoning.max_tokens"),
+        ({"reasoning": {"enabled": "yes"}}, 400, "reasoning.enabled"),
+        ({"reasoning": {"enabled": False}, "effort": 0.5}, 400, "reasoning.enabled"),
+        ({"include_reasoning": "no"}, 400, "include_reasoning"),
+        ({"chat_template_kwargs": 5}, 400, "chat_template_kwargs"),
+        ({"chat_template_kwargs": {"tokenize": True}}, 400, "chat_template_kwargs.tokenize"),
+        ({"chat_template_kwargs": {"enable_thinking": "no"}}, 400, "chat_template_kwargs.enable_thinking"),
+        (
+            {"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "high"},
+            400,
+            "chat_template_kwargs.enable_thinking",
+        ),
+        ({"adapters": "some"}, 400, "adapters"),
+        ({"adapters": "none", "model": "noisy"}, 400, "adapters"),
+        ({"thinking_token_budget": -1}, 400, "thinking_token_budget"),
+        ({"model": "ghost"}, 404, "model"),
+        ({"model": "../noisy"}, 404, "model"),
+        ({"messages": None}, 400, "messages"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": LONG}]}, 400, "messages"),
+        ({"max_tokens": 5000}, 400, "messages"),
+        ({"n": 0}, 400, "n"),
+        ({"temperature": -1}, 400, "temperature"),
+        ({"n": 2, "temperature": 0}, 400, "n"),
+        ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({"logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ({"logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+        ({"logit_bias": {"5": 300}}, 400, "logit_bias"),
+        ({"top_logprobs": 2}, 400, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({"repetition_penalty": 0}, 400, "repetition_penalty"),
+        ({"min_tokens": 50, "max_tokens": 10}, 400, "min_tokens"),
+        ({"seed": 10**20}, 400, "seed"),
+        ({"structured_outputs": {"regex": "[0-9"}}, 400, "structured_outputs"),
+        ({"response_format": {"type": "json_schema"}}, 400, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
+            400,
+            "response_format",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "structured_outputs": {"choice": ["a"]}},
+            400,
+            "structured_outputs",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"structured_outputs": {"json": {"type": "object", "maxProperties": 10**30}}}, 400, "structured_outputs"),
+    ],
+    ids=[
+        "effort-1.5",
+        "effort-turbo",
+        "auto-no-route",
+        "reasoning-effort-bad",
+        "openrouter-effort-bad",
+        "openrouter-not-object",
+        "openrouter-negative-budget",
+        "openrouter-enabled-type",
+        "openrouter-conflict",
+        "include-reasoning-type",
+        "template-kwargs-type",
+        "template-kwargs-reserved",
+        "enable-thinking-type",
+        "enable-thinking-conflict",
+        "adapters-value",
+        "adapters-conflict",
+        "negative-budget",
+        "unknown-model",
+        "path-model",
+        "null-messages",
+        "empty-messages",
+        "prompt-too-long",
+        "max-tokens-over-context",
+        "n-zero",
+        "negative-temperature",
+        "n-greedy",
+        "presence-penalty-range",
+        "logit-bias-key",
+        "logit-bias-vocab",
+        "logit-bias-value",
+        "top-logprobs-alone",
+        "top-logprobs-range",
+        "repetition-penalty-zero",
+        "min-tokens-over-max",
+        "seed-over-64-bit",
+        "bad-regex",
+        "json-schema-missing",
+        "json-schema-invalid",
+        "two-constraints",
+        "tools",
+        "schema-int-over-64-bit",
+    ],
+)
 def test_bad_input_gets_openai_error(server, body, status, param):
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "a1 b2"}], **body}
     payload = {k: v for k, v in payload.items() if v is not None}

@@ -2,35 +2,56 @@ import json
 import random
 
 import pytest
-
 from effort_server.training.tasks import DigitsTask, JsonlMathTask, Problem, TaskError, extract_boxed, load_task
-from effort_server.training.tasks.digits import TERSE_MAX, answer_for, chain, last_sum, parse_question, parse_styles, question_for
+from effort_server.training.tasks.digits import (
+    TERSE_MAX,
+    answer_for,
+    chain,
+    last_sum,
+    parse_question,
+    parse_styles,
+    question_for,
+)
 
 
-@pytest.mark.parametrize("style,expected", [
-    ("plain", "a3 b7>0 c2>2 d9>1"),
-    ("verbose", "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok"),
-    ("terse", "a3 b70 c22 d91"),
-    ("compact", "a3 b7c2>2 d9>1"),
-    ("none", ""),
-], ids=lambda x: x if isinstance(x, str) and " " not in x else None)
+@pytest.mark.parametrize(
+    "style,expected",
+    [
+        ("plain", "a3 b7>0 c2>2 d9>1"),
+        ("verbose", "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok"),
+        ("terse", "a3 b70 c22 d91"),
+        ("compact", "a3 b7c2>2 d9>1"),
+        ("none", ""),
+    ],
+    ids=lambda x: x if isinstance(x, str) and " " not in x else None,
+)
 def test_chain_styles(style, expected):
     assert chain([3, 7, 2, 9], style) == expected
 
 
-@pytest.mark.parametrize("thinking,expected", [
-    ("a3 b7>0 c2>2 d9", "2"), ("a3 b70 c22 d9", "2"), ("a3 b70 c22 d91", "1"), ("a3", "3"), ("", None),
-    ("a3 b7>0 c2>2 d9>1 check a3 b7>0 ok answer1", "0"),  # the last sum written, not the conclusion
-])
+@pytest.mark.parametrize(
+    "thinking,expected",
+    [
+        ("a3 b7>0 c2>2 d9", "2"),
+        ("a3 b70 c22 d9", "2"),
+        ("a3 b70 c22 d91", "1"),
+        ("a3", "3"),
+        ("", None),
+        ("a3 b7>0 c2>2 d9>1 check a3 b7>0 ok answer1", "0"),  # the last sum written, not the conclusion
+    ],
+)
 def test_last_sum_reads_plain_and_terse_chains(thinking, expected):
     assert last_sum(thinking) == expected
 
 
-@pytest.mark.parametrize("stop,expected", [
-    (1, "a3 b7>0 c2>2 d9>1 check a3 answer1"),
-    (3, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok answer1"),
-    (7, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok check a3 b7>0 ok c2>2 ok answer1"),
-])
+@pytest.mark.parametrize(
+    "stop,expected",
+    [
+        (1, "a3 b7>0 c2>2 d9>1 check a3 answer1"),
+        (3, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok answer1"),
+        (7, "a3 b7>0 c2>2 d9>1 check a3 b7>0 ok c2>2 ok d9>1 ok check a3 b7>0 ok c2>2 ok answer1"),
+    ],
+)
 def test_partial_recheck_stops_anywhere_and_concludes_with_the_chain_sum(stop, expected):
     assert chain([3, 7, 2, 9], "partial", stop=stop, passes=2) == expected
     for bad in (0, 8):
@@ -48,11 +69,19 @@ def test_recheck_passes():
         DigitsTask(recheck_passes=0)
 
 
-@pytest.mark.parametrize("spec,want", [
-    ("verbose=0.5,partial=0.2", {"verbose": 0.5, "partial": 0.2}),
-    (" plain=1 ", {"plain": 1.0}),
-    ("verbose", None), ("verbose=lots", None), ("turbo=1", None), ("verbose=-1,plain=2", None), ("plain=0", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "spec,want",
+    [
+        ("verbose=0.5,partial=0.2", {"verbose": 0.5, "partial": 0.2}),
+        (" plain=1 ", {"plain": 1.0}),
+        ("verbose", None),
+        ("verbose=lots", None),
+        ("turbo=1", None),
+        ("verbose=-1,plain=2", None),
+        ("plain=0", None),
+        ("", None),
+    ],
+)
 def test_parse_styles(spec, want):
     if want is None:
         with pytest.raises(ValueError):
@@ -65,7 +94,9 @@ def test_sft_cut_answers_the_last_sum_written_and_partial_the_true_sum():
     task, rng = DigitsTask(), random.Random(0)
     seen = set()
     for _ in range(400):
-        q, thinking, ans = task.sft_example(rng, style=rng.choice(["cut", "partial"]))  # partial: not in the default mix
+        q, thinking, ans = task.sft_example(
+            rng, style=rng.choice(["cut", "partial"])
+        )  # partial: not in the default mix
         digits = parse_question(q)
         if " answer" in thinking:
             seen.add("partial")
@@ -84,18 +115,22 @@ def test_question_answer_round_trip():
         parse_question("a3 c7")  # letters must follow in order
 
 
-@pytest.mark.parametrize("completion,correct", [
-    ("\\boxed{1}", True),
-    ("The answer is \\boxed{ 1 }.", True),
-    ("\\boxed{3} no wait \\boxed{1}", True),  # the last box counts
-    ("\\boxed{2}", False),
-    ("1", False),  # no box
-    ("\\boxed{}", False),
-    ("\\boxed{11}", False),
-    ("\\boxed{1", False),  # unclosed
-    ("\\boxed{x}", False),
-    ("", False),
-], ids=["right", "spaces", "last-box", "wrong", "no-box", "empty-box", "two-digits", "unclosed", "letter", "empty"])
+@pytest.mark.parametrize(
+    "completion,correct",
+    [
+        ("\\boxed{1}", True),
+        ("The answer is \\boxed{ 1 }.", True),
+        ("\\boxed{3} no wait \\boxed{1}", True),  # the last box counts
+        ("\\boxed{2}", False),
+        ("1", False),  # no box
+        ("\\boxed{}", False),
+        ("\\boxed{11}", False),
+        ("\\boxed{1", False),  # unclosed
+        ("\\boxed{x}", False),
+        ("", False),
+    ],
+    ids=["right", "spaces", "last-box", "wrong", "no-box", "empty-box", "two-digits", "unclosed", "letter", "empty"],
+)
 def test_digits_grade(completion, correct):
     p = DigitsTask().make([3, 7, 2, 9])
     assert DigitsTask().grade(completion, p) is correct
@@ -147,23 +182,29 @@ def test_style_mix_majority_is_verbose():
 
 @pytest.fixture
 def math_file(tmp_path):
-    rows = [{"question": "What is 6*7?", "answer": "42"},
-            {"question": "Half of one?", "answer": "\\frac{1}{2}", "difficulty": 3},
-            {"question": "x+1=3, x?", "answer": "2", "id": "q3"}]
+    rows = [
+        {"question": "What is 6*7?", "answer": "42"},
+        {"question": "Half of one?", "answer": "\\frac{1}{2}", "difficulty": 3},
+        {"question": "x+1=3, x?", "answer": "2", "id": "q3"},
+    ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
 
-@pytest.mark.parametrize("idx,completion,correct", [
-    (0, "so \\boxed{42}", True),
-    (0, "\\boxed{41}", False),
-    (1, "\\boxed{0.5}", True),
-    (1, "\\boxed{1/2}", True),
-    (1, "\\boxed{\\frac{1}{3}}", False),
-    (2, "\\boxed{2}", True),
-    (2, "garbage }{ \\boxed{", False),
-], ids=["int", "int-wrong", "decimal-vs-frac", "slash-frac", "frac-wrong", "id", "malformed"])
+@pytest.mark.parametrize(
+    "idx,completion,correct",
+    [
+        (0, "so \\boxed{42}", True),
+        (0, "\\boxed{41}", False),
+        (1, "\\boxed{0.5}", True),
+        (1, "\\boxed{1/2}", True),
+        (1, "\\boxed{\\frac{1}{3}}", False),
+        (2, "\\boxed{2}", True),
+        (2, "garbage }{ \\boxed{", False),
+    ],
+    ids=["int", "int-wrong", "decimal-vs-frac", "slash-frac", "frac-wrong", "id", "malformed"],
+)
 def test_jsonl_math_grade(math_file, idx, completion, correct):
     t = load_task(str(math_file))
     assert isinstance(t, JsonlMathTask)
@@ -178,14 +219,18 @@ def test_jsonl_ids_and_difficulty(math_file):
     assert len(JsonlMathTask(math_file).problems(n=2, seed=0)) == 2
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "not found"),
-    ('{"question": "q", "answer": "1"}\n{bad json\n', ":2: not valid JSON"),
-    ('{"question": "q"}\n', "missing field(s) answer"),
-    ('[1, 2]\n', "expected a JSON object"),
-    ('{"question": "q", "answer": "1", "difficulty": "hard"}\n', "difficulty must be a number"),
-    ("\n\n", "no problems"),
-], ids=["missing-file", "bad-json", "no-answer", "not-object", "bad-difficulty", "empty"])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "not found"),
+        ('{"question": "q", "answer": "1"}\n{bad json\n', ":2: not valid JSON"),
+        ('{"question": "q"}\n', "missing field(s) answer"),
+        ("[1, 2]\n", "expected a JSON object"),
+        ('{"question": "q", "answer": "1", "difficulty": "hard"}\n', "difficulty must be a number"),
+        ("\n\n", "no problems"),
+    ],
+    ids=["missing-file", "bad-json", "no-answer", "not-object", "bad-difficulty", "empty"],
+)
 def test_jsonl_errors(tmp_path, content, message):
     path = tmp_path / "d.jsonl"
     if content is not None:

@@ -40,8 +40,15 @@ QWEN2_PATTERN = (
 @dataclass
 class BaseModelConfig:
     out: str = field(default="models/effort-tiny", metadata={"help": "output folder"})
-    minutes: float = field(default=18.0, metadata={"help": "wall-clock cap on training (the schedule ends by tokens or by this, whichever comes first)"})
-    tokens: float = field(default=6e6, metadata={"help": "training budget in (non-padding) tokens; about 17 minutes on 2 cores"})
+    minutes: float = field(
+        default=18.0,
+        metadata={
+            "help": "wall-clock cap on training (the schedule ends by tokens or by this, whichever comes first)"
+        },
+    )
+    tokens: float = field(
+        default=6e6, metadata={"help": "training budget in (non-padding) tokens; about 17 minutes on 2 cores"}
+    )
     max_steps: int = field(default=5000, metadata={"help": "upper bound on optimiser steps"})
     batch_size: int = field(default=64, metadata={"help": "examples per step"})
     lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate (10% warm-up, cosine to 10%)"})
@@ -51,13 +58,25 @@ class BaseModelConfig:
     hidden: int = field(default=128, metadata={"help": "hidden size"})
     layers: int = field(default=4, metadata={"help": "transformer layers"})
     heads: int = field(default=4, metadata={"help": "attention heads (head size = hidden / heads >= 32)"})
-    kv_heads: int = field(default=4, metadata={"help": "key/value heads (4 = no grouped-query sharing: more reliable copies)"})
+    kv_heads: int = field(
+        default=4, metadata={"help": "key/value heads (4 = no grouped-query sharing: more reliable copies)"}
+    )
     vocab_size: int = field(default=384, metadata={"help": "tokenizer vocabulary size (BPE target)"})
     max_len: int = field(default=1024, metadata={"help": "max positions (prompt + completion)"})
-    init_from: str = field(default="", metadata={"help": "continue from this model folder (its tokenizer too) instead of starting from scratch"})
+    init_from: str = field(
+        default="",
+        metadata={"help": "continue from this model folder (its tokenizer too) instead of starting from scratch"},
+    )
     curriculum_start: int = field(default=4, metadata={"help": "max digits per prompt at the start of training"})
-    curriculum_until: float = field(default=0.6, metadata={"help": "fraction of training after which all lengths (2-16) are used"})
-    styles: str = field(default="", metadata={"help": "reasoning-style mix of the supervised data, e.g. verbose=0.62,plain=0.22 (default: the task's STYLE_MIX)"})
+    curriculum_until: float = field(
+        default=0.6, metadata={"help": "fraction of training after which all lengths (2-16) are used"}
+    )
+    styles: str = field(
+        default="",
+        metadata={
+            "help": "reasoning-style mix of the supervised data, e.g. verbose=0.62,plain=0.22 (default: the task's STYLE_MIX)"
+        },
+    )
     recheck_passes: int = field(default=RECHECK_PASSES, metadata={"help": "re-check passes of the verbose style"})
     force: bool = field(default=False, metadata={"help": "overwrite an existing output folder"})
 
@@ -95,22 +114,34 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL) - 2, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=[], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL) - 2,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
     from tokenizers import AddedToken
 
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL])
     tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in (THINK_START, THINK_END)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, clean_up_tokenization_spaces=False,
-                                   model_max_length=1024)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        model_max_length=1024,
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -140,7 +171,7 @@ def _batches(tok, task, rng, batch_size: int, pad_id: int, max_digits=lambda: No
             c = tok(render_completion(t, a), add_special_tokens=False)["input_ids"]
             rows.append((p + c, [-100] * len(p) + c))
         rows.sort(key=lambda r: len(r[0]))
-        chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
             yield _pad([r[0] for r in chunk], [r[1] for r in chunk], pad_id)
@@ -171,18 +202,26 @@ def _new_model(cfg: BaseModelConfig, task):
 
     tok = build_tokenizer(_corpus(task, random.Random(cfg.seed + 1), 4000), cfg.vocab_size)
     config = Qwen2Config(
-        vocab_size=int(math.ceil(len(tok) / 64) * 64), hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 4,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.max_len, rope_theta=10000.0, tie_word_embeddings=True,
+        vocab_size=int(math.ceil(len(tok) / 64) * 64),
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.hidden * 4,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_len,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id, torch_dtype="float32",
+        pad_token_id=tok.pad_token_id,
+        torch_dtype="float32",
     )
     return tok, Qwen2ForCausalLM(config), config
 
 
-def fit(cfg: BaseModelConfig, model, tok, task, rng: random.Random, budget_s: float, device: str = "cpu",
-        log=_log) -> tuple[int, int]:
+def fit(
+    cfg: BaseModelConfig, model, tok, task, rng: random.Random, budget_s: float, device: str = "cpu", log=_log
+) -> tuple[int, int]:
     """The supervised loop: cfg.tokens (non-padding) tokens or `budget_s` seconds, whichever
     comes first, on a warm-up + cosine schedule. Returns (steps, tokens)."""
     import torch
@@ -206,8 +245,11 @@ def fit(cfg: BaseModelConfig, model, tok, task, rng: random.Random, budget_s: fl
         # the schedule runs on tokens or on the clock, whichever is ahead, so a slow or busy
         # machine still ends on time with a fully decayed learning rate
         progress = max(tokens / cfg.tokens, (time.time() - t_train) / budget_s)
-        lr = cfg.lr * max(progress, 1e-3) / cfg.warmup if progress < cfg.warmup else \
-            cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - cfg.warmup) / (1 - cfg.warmup))))
+        lr = (
+            cfg.lr * max(progress, 1e-3) / cfg.warmup
+            if progress < cfg.warmup
+            else cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - cfg.warmup) / (1 - cfg.warmup))))
+        )
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, mask = (t.to(device) for t in next(batches))
@@ -220,8 +262,10 @@ def fit(cfg: BaseModelConfig, model, tok, task, rng: random.Random, budget_s: fl
         step += 1
         if step % 50 == 0:
             el = time.time() - t_train
-            log(f"step {step} tokens {tokens / 1e6:.2f}M/{cfg.tokens / 1e6:g}M loss {loss.item():.4f} lr {lr:.2e} "
-                f"max digits {cap()} {tokens / el:,.0f} tok/s {el / 60:.1f} min")
+            log(
+                f"step {step} tokens {tokens / 1e6:.2f}M/{cfg.tokens / 1e6:g}M loss {loss.item():.4f} lr {lr:.2e} "
+                f"max digits {cap()} {tokens / el:,.0f} tok/s {el / 60:.1f} min"
+            )
     return step, tokens
 
 
@@ -265,23 +309,49 @@ def train_base(cfg: BaseModelConfig, log=_log) -> Path:
         for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if Path(cfg.init_from, f).is_file():
                 shutil.copy2(Path(cfg.init_from, f), tmp / f)
-    gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-           "bos_token_id": config.bos_token_id, "max_new_tokens": 512}
+    gen = {
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": config.bos_token_id,
+        "max_new_tokens": 512,
+    }
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
     _patch_tokenizer_config(tmp)
     from effort_server.contract.manifest import ModelManifest
 
     ModelManifest(
-        name=out.name, think_start=THINK_START, think_end=THINK_END, task="digits",
+        name=out.name,
+        think_start=THINK_START,
+        think_end=THINK_END,
+        task="digits",
         default_full_effort_tokens=80,
-        training={"recipe": "sft-from-scratch", "steps": step + int(prior.get("steps", 0)),
-                  "stages": [*prior.get("stages", [prior] if prior else []),
-                             {"steps": step, "tokens": tokens, "wall_time_s": round(time.time() - t0, 1), "lr": cfg.lr,
-                              "curriculum": [cfg.curriculum_start, cfg.curriculum_until], "style_mix": task.styles,
-                              "recheck_passes": task.recheck_passes, "init_from": bool(cfg.init_from)}], "batch_size": cfg.batch_size, "lr": cfg.lr, "tokens": tokens, "warmup": cfg.warmup,
-                  "seed": cfg.seed, "wall_time_s": round(float(prior.get("wall_time_s", 0)) + time.time() - t0, 1),
-                  "parameters": n_params,
-                  "style_mix": task.styles, "recheck_passes": task.recheck_passes, "curriculum": [cfg.curriculum_start, cfg.curriculum_until]},
+        training={
+            "recipe": "sft-from-scratch",
+            "steps": step + int(prior.get("steps", 0)),
+            "stages": [
+                *prior.get("stages", [prior] if prior else []),
+                {
+                    "steps": step,
+                    "tokens": tokens,
+                    "wall_time_s": round(time.time() - t0, 1),
+                    "lr": cfg.lr,
+                    "curriculum": [cfg.curriculum_start, cfg.curriculum_until],
+                    "style_mix": task.styles,
+                    "recheck_passes": task.recheck_passes,
+                    "init_from": bool(cfg.init_from),
+                },
+            ],
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "tokens": tokens,
+            "warmup": cfg.warmup,
+            "seed": cfg.seed,
+            "wall_time_s": round(float(prior.get("wall_time_s", 0)) + time.time() - t0, 1),
+            "parameters": n_params,
+            "style_mix": task.styles,
+            "recheck_passes": task.recheck_passes,
+            "curriculum": [cfg.curriculum_start, cfg.curriculum_until],
+        },
     ).write(tmp)
     if out.exists():
         shutil.rmtree(out)

@@ -30,7 +30,12 @@ class BaseReportConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
     n: int = field(default=600, metadata={"help": "held-out test prompts"})
     samples: int = field(default=8, metadata={"help": "temperature-1 samples per prompt"})
-    seed: int = field(default=0, metadata={"help": "eval-set seed; the temperature-1 samples of each prompt draw from a seed derived from this and the prompt id"})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "eval-set seed; the temperature-1 samples of each prompt draw from a seed derived from this and the prompt id"
+        },
+    )
     out: str = field(default="models/effort-tiny/report", metadata={"help": "output folder"})
     update_manifest: bool = field(default=False, metadata={"help": "write the figures into the model's manifest.json"})
 
@@ -53,8 +58,11 @@ def recheck_stats(rows: list[dict], tokenizer) -> dict:
             redundant += len(tokenizer.encode(sep + tail, add_special_tokens=False))
         pre_correct += last_sum(head) == r["answer"]
     n = max(1, len(rows))
-    return dict(recheck_token_share=redundant / max(1, total), with_recheck=with_check / n,
-                accuracy_answering_before_recheck=pre_correct / n)
+    return dict(
+        recheck_token_share=redundant / max(1, total),
+        with_recheck=with_check / n,
+        accuracy_answering_before_recheck=pre_correct / n,
+    )
 
 
 def shorter_correct(rows: list[dict]) -> dict:
@@ -121,15 +129,19 @@ def run_base_report(cfg: BaseReportConfig, evaluator: Evaluator | None = None) -
 
 
 def report_markdown(rep: dict) -> str:
-    rows = [("digits", "digits", "{}"), ("prompts", "n", "{}"),
-            ("greedy accuracy", "accuracy", "{:.1%}"), ("thinks first", "thinks_first", "{:.0%}"),
-            ("mean reasoning tokens", "mean_reasoning", "{:.1f}"),
-            ("re-check share of reasoning tokens", "recheck_token_share", "{:.1%}"),
-            ("accuracy if answered before the re-check", "accuracy_answering_before_recheck", "{:.1%}"),
-            ("accuracy, thinking cut at 25%", "accuracy_cut_25", "{:.1%}"),
-            ("accuracy, no thinking", "accuracy_no_thinking", "{:.1%}"),
-            ("accuracy at temperature 1", "accuracy_t1", "{:.1%}"),
-            ("T=1 samples correct and ≥40% shorter than their prompt's median", "short_correct_share", "{:.1%}")]
+    rows = [
+        ("digits", "digits", "{}"),
+        ("prompts", "n", "{}"),
+        ("greedy accuracy", "accuracy", "{:.1%}"),
+        ("thinks first", "thinks_first", "{:.0%}"),
+        ("mean reasoning tokens", "mean_reasoning", "{:.1f}"),
+        ("re-check share of reasoning tokens", "recheck_token_share", "{:.1%}"),
+        ("accuracy if answered before the re-check", "accuracy_answering_before_recheck", "{:.1%}"),
+        ("accuracy, thinking cut at 25%", "accuracy_cut_25", "{:.1%}"),
+        ("accuracy, no thinking", "accuracy_no_thinking", "{:.1%}"),
+        ("accuracy at temperature 1", "accuracy_t1", "{:.1%}"),
+        ("T=1 samples correct and ≥40% shorter than their prompt's median", "short_correct_share", "{:.1%}"),
+    ]
     cols = [b for b in ("easy", "mid", "hard", "all") if b in rep["by_bucket"]]
     lines = ["| measure | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for label, key, fmt in rows:

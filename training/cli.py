@@ -44,8 +44,12 @@ def add_commands(sub, names: list[str]) -> None:
     add_dataclass_args(base, BaseModelConfig, "base model")
     base.set_defaults(func=config_command("effort_server.training.base_model", "BaseModelConfig", "train_base"))
     for kind, cls in RECIPES.items():
-        r = tsub.add_parser(kind, help=(cls.__doc__ or kind).strip().splitlines()[0],
-                            description=cls.module_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        r = tsub.add_parser(
+            kind,
+            help=(cls.__doc__ or kind).strip().splitlines()[0],
+            description=cls.module_doc(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_dataclass_args(r, RLConfig, f"{kind} (GRPO + LoRA)")
         if cls.Options:
             add_dataclass_args(r, cls.Options, f"{kind} options")

@@ -38,8 +38,9 @@ class Setting:
             return cls(text)
         kind, _, val = text.partition(":")
         if kind not in ("budget", "frac", "effort", "route", "control") or not val:
-            raise ValueError(f"unknown setting {text!r}: use full, none, auto, budget:K, frac:F, effort:E, route:E "
-                             "or control:E")
+            raise ValueError(
+                f"unknown setting {text!r}: use full, none, auto, budget:K, frac:F, effort:E, route:E or control:E"
+            )
         try:
             v = float(val)
         except ValueError:
@@ -54,14 +55,34 @@ class Setting:
 @dataclass
 class EvalConfig:
     model: str = field(default="", metadata={"help": "model folder (default: the embedded model)"})
-    adapters: str = field(default="base", metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"})
-    adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
-    settings: str = field(default="full", metadata={"help": "comma list of full, none, auto, budget:K, frac:F, effort:E, route:E, control:E; ADAPTER@SETTING applies a setting to one adapter only"})
-    router: str = field(default="", metadata={"help": "router folder for auto, effort:E and route:E (default: <adapter-dir>/router when present; 'none': no router)"})
+    adapters: str = field(
+        default="base",
+        metadata={"help": "comma list: 'base' and/or adapter names in --adapter-dir or adapter folders"},
+    )
+    adapter_dir: str = field(
+        default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"}
+    )
+    settings: str = field(
+        default="full",
+        metadata={
+            "help": "comma list of full, none, auto, budget:K, frac:F, effort:E, route:E, control:E; ADAPTER@SETTING applies a setting to one adapter only"
+        },
+    )
+    router: str = field(
+        default="",
+        metadata={
+            "help": "router folder for auto, effort:E and route:E (default: <adapter-dir>/router when present; 'none': no router)"
+        },
+    )
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file of question/answer"})
     split: str = field(default="test", metadata={"help": "task split (train, dev, test)"})
     n: int = field(default=500, metadata={"help": "number of prompts"})
-    seed: int = field(default=0, metadata={"help": "eval-set seed; with --temperature > 0 each prompt samples from its own seed, derived from this and the prompt id"})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "eval-set seed; with --temperature > 0 each prompt samples from its own seed, derived from this and the prompt id"
+        },
+    )
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     samples: int = field(default=1, metadata={"help": "samples per prompt"})
     max_tokens: int = field(default=512, metadata={"help": "max generated tokens per sample"})
@@ -85,10 +106,10 @@ class EvalConfig:
 def lookup_adapter(spec: str, adapter_dir: str):
     """'base' → None; a registered adapter name or an adapter folder → registry.Adapter.
     Needs no engine, so a bad name fails before vLLM starts."""
-    from effort_server.contract.manifest import ManifestError
+    from effort_server.server.engine import default_adapter_dir
     from effort_server.server.registry import Adapter, load_adapter, scan
 
-    from effort_server.server.engine import default_adapter_dir
+    from effort_server.contract.manifest import ManifestError
 
     if spec == "base":
         return None
@@ -114,8 +135,10 @@ class Evaluator:
 
     def __init__(self, model: str = "", max_model_len: int = 1024):
         from effort_server.server.engine import default_model, engine_kwargs, prepare_env
+
         from effort_server.contract.manifest import ModelManifest
         from effort_server.contract.markers import Markers
+
         prepare_env()
         from vllm import LLM
 
@@ -143,12 +166,25 @@ class Evaluator:
     def prompt_ids(self, question: str, manifest=None, effort: float = 1.0) -> list[int]:
         """The chat prompt; an adapter with an effort control gets `effort` written in."""
         content = manifest.control.apply(question, effort) if manifest is not None else question
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                  add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def generate(self, problems, task, adapter, budgets, temperature=0.0, samples=1, max_tokens=512, seed=0,
-                 effort: float | list[float] = 1.0, keep_ids: bool = False, seed_per_prompt: bool = True):
+    def generate(
+        self,
+        problems,
+        task,
+        adapter,
+        budgets,
+        temperature=0.0,
+        samples=1,
+        max_tokens=512,
+        seed=0,
+        effort: float | list[float] = 1.0,
+        keep_ids: bool = False,
+        seed_per_prompt: bool = True,
+    ):
         """One result dict per (problem, sample). `budgets`: per-problem int or None; `effort`: one
         for all or per problem; `keep_ids`: add the completion's token ids (``token_ids``).
 
@@ -160,10 +196,9 @@ class Evaluator:
         0.349 to 0.382 between two seeds on 500 prompts. `seed_per_prompt=False` keeps that one
         seed (the e1 warm-up's draw, as its shipped adapter was trained)."""
         from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
 
         from effort_server.contract.markers import split_ids
-
-        from vllm.lora.request import LoRARequest
 
         lora = LoRARequest(adapter.name, self._lora_id(adapter), str(adapter.path)) if adapter else None
         manifest = adapter.manifest if adapter else None
@@ -171,26 +206,42 @@ class Evaluator:
         efforts = effort if isinstance(effort, list) else [effort] * len(problems)
         for p, b, e in zip(problems, budgets, efforts):
             prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, e)})
-            params.append(SamplingParams(
-                temperature=temperature, n=samples, max_tokens=max_tokens,
-                seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
-                thinking_token_budget=-1 if b is None else int(b), skip_special_tokens=False))
+            params.append(
+                SamplingParams(
+                    temperature=temperature,
+                    n=samples,
+                    max_tokens=max_tokens,
+                    seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
+                    thinking_token_budget=-1 if b is None else int(b),
+                    skip_special_tokens=False,
+                )
+            )
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=True)
         results = []
         for p, b, out in zip(problems, budgets, outs):
             for o in out.outputs:
                 sp = split_ids(o.token_ids, self.markers)
                 answer_text = self.tokenizer.decode(list(sp.answer_ids), skip_special_tokens=True)
-                results.append(dict(
-                    id=p.id, question=p.question, answer=p.answer, difficulty=p.difficulty,
-                    bucket=task.bucket(p), budget=b, reasoning_tokens=sp.reasoning_tokens,
-                    answer_tokens=sp.answer_tokens, completion_tokens=len(o.token_ids),
-                    thought=sp.started, closed=sp.closed,
-                    budget_hit=b is not None and sp.reasoning_tokens >= b,
-                    correct=sp.closed and task.grade(answer_text, p),
-                    finish_reason=o.finish_reason,
-                    reasoning=self.tokenizer.decode(list(sp.reasoning_ids), skip_special_tokens=True),
-                    answer_text=answer_text))
+                results.append(
+                    dict(
+                        id=p.id,
+                        question=p.question,
+                        answer=p.answer,
+                        difficulty=p.difficulty,
+                        bucket=task.bucket(p),
+                        budget=b,
+                        reasoning_tokens=sp.reasoning_tokens,
+                        answer_tokens=sp.answer_tokens,
+                        completion_tokens=len(o.token_ids),
+                        thought=sp.started,
+                        closed=sp.closed,
+                        budget_hit=b is not None and sp.reasoning_tokens >= b,
+                        correct=sp.closed and task.grade(answer_text, p),
+                        finish_reason=o.finish_reason,
+                        reasoning=self.tokenizer.decode(list(sp.reasoning_ids), skip_special_tokens=True),
+                        answer_text=answer_text,
+                    )
+                )
                 if keep_ids:
                     results[-1]["token_ids"] = list(o.token_ids)
         return results
@@ -206,8 +257,11 @@ def summarize(rows: list[dict]) -> dict:
     c = np.array([x["correct"] for x in rows], dtype=float)
     budgeted = [x for x in rows if x["budget"] is not None]
     return dict(
-        n=len(rows), accuracy=float(c.mean()), mean_reasoning=float(r.mean()),
-        p90_reasoning=float(np.percentile(r, 90)), mean_answer=float(a.mean()),
+        n=len(rows),
+        accuracy=float(c.mean()),
+        mean_reasoning=float(r.mean()),
+        p90_reasoning=float(np.percentile(r, 90)),
+        mean_answer=float(a.mean()),
         tokens_per_correct=float((r.sum() + a.sum()) / c.sum()) if c.sum() else float("inf"),
         budget_hit_rate=float(np.mean([x["budget_hit"] for x in budgeted])) if budgeted else 0.0,
     )
@@ -217,17 +271,21 @@ BUCKETS = ("all", "easy", "mid", "hard")
 
 
 def table(groups: dict[tuple[str, str], list[dict]]) -> str:
-    lines = ["| adapter | setting | difficulty | n | accuracy | mean reasoning | p90 reasoning | mean answer | tokens / correct | budget hit |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| adapter | setting | difficulty | n | accuracy | mean reasoning | p90 reasoning | mean answer | tokens / correct | budget hit |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for (adapter, setting), rows in groups.items():
         for b in BUCKETS:
             sub = rows if b == "all" else [x for x in rows if x["bucket"] == b]
             if not sub:
                 continue
             s = summarize(sub)
-            lines.append(f"| {adapter} | {setting} | {b} | {s['n']} | {100 * s['accuracy']:.1f}% | "
-                         f"{s['mean_reasoning']:.1f} | {s['p90_reasoning']:.0f} | {s['mean_answer']:.1f} | "
-                         f"{s['tokens_per_correct']:.1f} | {100 * s['budget_hit_rate']:.0f}% |")
+            lines.append(
+                f"| {adapter} | {setting} | {b} | {s['n']} | {100 * s['accuracy']:.1f}% | "
+                f"{s['mean_reasoning']:.1f} | {s['p90_reasoning']:.0f} | {s['mean_answer']:.1f} | "
+                f"{s['tokens_per_correct']:.1f} | {100 * s['budget_hit_rate']:.0f}% |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +303,16 @@ def plot(groups: dict[tuple[str, str], list[dict]], path: Path, title: str = "")
     for adapter, pts in by_adapter.items():
         pts.sort()
         if adapter.startswith("auto"):  # the router's choice: one point, drawn on top
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*", markersize=18, linestyle="none",
-                    label=adapter, zorder=5, markeredgecolor="black")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="*",
+                markersize=18,
+                linestyle="none",
+                label=adapter,
+                zorder=5,
+                markeredgecolor="black",
+            )
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
         for x, y, lab in pts:
@@ -268,6 +334,7 @@ def eval_policy(cfg: EvalConfig, resolved: dict):
     """The server's policy over the evaluated adapters (server defaults, the router if any)."""
     from effort_server.server.config import ServerSettings
     from effort_server.server.engine import default_adapter_dir, default_model
+
     from effort_server.contract.manifest import ModelManifest
     from effort_server.contract.scoring import Router
 
@@ -288,30 +355,42 @@ def eval_policy(cfg: EvalConfig, resolved: dict):
     return Policy(ServerSettings(), adapters, "base", full, router, base_manifest=manifest)
 
 
-def eval_decided(ev: Evaluator, policy, problems, task, name: str | None, effort, label: str,
-                 kw: dict) -> list[dict]:
+def eval_decided(ev: Evaluator, policy, problems, task, name: str | None, effort, label: str, kw: dict) -> list[dict]:
     """A request with `effort` (a number or "auto") as the server runs it: the policy decides per
     prompt, then each chosen adapter's prompts are generated with their budgets and controls.
     `name`: the adapter the request names (None: the base's name, any adapter)."""
-    decisions = [policy.decide(model=name, effort=effort, max_tokens=kw["max_tokens"],
-                               prompt=p.question) for p in problems]
+    decisions = [
+        policy.decide(model=name, effort=effort, max_tokens=kw["max_tokens"], prompt=p.question) for p in problems
+    ]
     by_adapter: dict[str | None, list[int]] = {}
     for i, d in enumerate(decisions):
         by_adapter.setdefault(d.adapter, []).append(i)
     rows: list[dict | None] = [None] * len(problems)
     for adapter_name, idx in by_adapter.items():
         adapter = policy.adapters[adapter_name] if adapter_name else None
-        out = ev.generate([problems[i] for i in idx], task, adapter, [decisions[i].thinking_budget for i in idx],
-                          effort=[decisions[i].control_effort for i in idx], **kw)
+        out = ev.generate(
+            [problems[i] for i in idx],
+            task,
+            adapter,
+            [decisions[i].thinking_budget for i in idx],
+            effort=[decisions[i].control_effort for i in idx],
+            **kw,
+        )
         per = len(out) // len(idx)
         for j, i in enumerate(idx):
             d = decisions[i]
-            rows[i] = out[j * per:(j + 1) * per]
+            rows[i] = out[j * per : (j + 1) * per]
             for r in rows[i]:
-                r.update(adapter=label, setting="auto" if effort == "auto" else f"effort:{effort:g}",
-                         route=d.predicted["route"], choice=d.choice, spend=d.spend,
-                         predicted_tokens=d.predicted["tokens"], predicted_full=d.predicted["full_effort_tokens"],
-                         base_full=d.full_effort_tokens)
+                r.update(
+                    adapter=label,
+                    setting="auto" if effort == "auto" else f"effort:{effort:g}",
+                    route=d.predicted["route"],
+                    choice=d.choice,
+                    spend=d.spend,
+                    predicted_tokens=d.predicted["tokens"],
+                    predicted_full=d.predicted["full_effort_tokens"],
+                    base_full=d.full_effort_tokens,
+                )
     return [r for rs in rows for r in rs]
 
 
@@ -339,18 +418,29 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
                 continue  # no effort control: the same as `full`
             if s.kind in ("auto", "effort"):
                 value = "auto" if s.kind == "auto" else float(s.value)
-                label = ("auto" if adapter is None else f"auto@{name}") if s.kind == "auto" else \
-                    ("server" if adapter is None else name)
-                groups[(label, s.label)] = eval_decided(ev, policy, problems, task, adapter.name if adapter else None,
-                                                        value, label, kw)
+                label = (
+                    ("auto" if adapter is None else f"auto@{name}")
+                    if s.kind == "auto"
+                    else ("server" if adapter is None else name)
+                )
+                groups[(label, s.label)] = eval_decided(
+                    ev, policy, problems, task, adapter.name if adapter else None, value, label, kw
+                )
                 continue
             if s.kind == "full":
                 budgets = [None] * len(problems)
             elif s.kind == "control":
                 budgets, effort = [None] * len(problems), float(s.value)
             elif s.kind == "route":
-                ds = [policy.decide_route(None if adapter is None else adapter.name, float(s.value),
-                                          max_tokens=cfg.max_tokens, prompt=p.question) for p in problems]
+                ds = [
+                    policy.decide_route(
+                        None if adapter is None else adapter.name,
+                        float(s.value),
+                        max_tokens=cfg.max_tokens,
+                        prompt=p.question,
+                    )
+                    for p in problems
+                ]
                 budgets, effort = [d.thinking_budget for d in ds], [d.control_effort for d in ds]
             elif s.kind == "none":
                 budgets = [0] * len(problems)
@@ -358,7 +448,9 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
                 budgets = [int(s.value)] * len(problems)
             else:
                 if full_len is None:
-                    base_rows = groups.get((name, "full")) or ev.generate(problems, task, adapter, [None] * len(problems), **kw)
+                    base_rows = groups.get((name, "full")) or ev.generate(
+                        problems, task, adapter, [None] * len(problems), **kw
+                    )
                     full_len = {}
                     for row in base_rows:
                         full_len.setdefault(row["id"], []).append(row["reasoning_tokens"])
@@ -370,10 +462,16 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
             groups[(name, s.label)] = rows
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {f"{a}|{s}": {b: summarize(rows if b == "all" else [x for x in rows if x["bucket"] == b])
-                            for b in BUCKETS} for (a, s), rows in groups.items()}
-    payload = dict(config={k: v for k, v in asdict(cfg).items()}, wall_time_s=round(time.time() - t0, 1),
-                   summary=summary, results=[r for rows in groups.values() for r in rows])
+    summary = {
+        f"{a}|{s}": {b: summarize(rows if b == "all" else [x for x in rows if x["bucket"] == b]) for b in BUCKETS}
+        for (a, s), rows in groups.items()
+    }
+    payload = dict(
+        config={k: v for k, v in asdict(cfg).items()},
+        wall_time_s=round(time.time() - t0, 1),
+        summary=summary,
+        results=[r for rows in groups.values() for r in rows],
+    )
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(out / "results.json")

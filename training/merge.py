@@ -20,8 +20,12 @@ from pathlib import Path
 
 @dataclass
 class MergeConfig:
-    adapter: str = field(default="", metadata={"help": "source adapter: a folder or a name registered in --adapter-dir"})
-    adapter_dir: str = field(default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"})
+    adapter: str = field(
+        default="", metadata={"help": "source adapter: a folder or a name registered in --adapter-dir"}
+    )
+    adapter_dir: str = field(
+        default="", metadata={"help": "folder of registered adapters (default: the repo's adapters/)"}
+    )
     keep: float = field(default=0.3, metadata={"help": "fraction of each update's entries kept (largest magnitude)"})
     scale: float = field(default=1.0, metadata={"help": "factor on the kept update"})
     rank: int = field(default=0, metadata={"help": "LoRA rank of the result (0 = twice the source rank, at most 16)"})
@@ -75,12 +79,12 @@ def lora_deltas(peft_model) -> dict[str, "object"]:
 
 def merge(cfg: MergeConfig, log=print) -> Path:
     import torch
+    from effort_server.training.evaluate import lookup_adapter
+    from effort_server.training.rl import eval_full, save_adapter, staged_folder
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from effort_server.contract.manifest import AdapterManifest
-    from effort_server.training.evaluate import lookup_adapter
-    from effort_server.training.rl import eval_full, save_adapter, staged_folder
 
     src = lookup_adapter(cfg.adapter, cfg.adapter_dir)
     if src is None:
@@ -109,8 +113,16 @@ def merge(cfg: MergeConfig, log=print) -> Path:
         kept[mod_name] = to_lora(sel, rank)
         norms[mod_name] = float(d.norm())
     base = peft_src.unload()  # the plain base again, without LoRA layers
-    new = get_peft_model(base, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                          target_modules=sorted(src_cfg.target_modules), task_type="CAUSAL_LM"))
+    new = get_peft_model(
+        base,
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            lora_dropout=0.0,
+            target_modules=sorted(src_cfg.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
     with torch.no_grad():
         for mod_name, mod in new.named_modules():
             if mod_name in kept:
@@ -123,19 +135,33 @@ def merge(cfg: MergeConfig, log=print) -> Path:
     with staged_folder(out) as stage:
         save_adapter(new, stage)
         manifest = AdapterManifest(
-            name=name, kind="merged", base_model=m.base_model, base_model_hash=m.base_model_hash,
-            think_start=m.think_start, think_end=m.think_end, control=m.control,
-            training={"recipe": "update-selective merge", "source": m.name, "source_kind": m.kind,
-                      "keep": cfg.keep, "scale": cfg.scale, "rank": rank, "source_rank": src_cfg.r,
-                      "source_training": m.training})
+            name=name,
+            kind="merged",
+            base_model=m.base_model,
+            base_model_hash=m.base_model_hash,
+            think_start=m.think_start,
+            think_end=m.think_end,
+            control=m.control,
+            training={
+                "recipe": "update-selective merge",
+                "source": m.name,
+                "source_kind": m.kind,
+                "keep": cfg.keep,
+                "scale": cfg.scale,
+                "rank": rank,
+                "source_rank": src_cfg.r,
+                "source_training": m.training,
+            },
+        )
         manifest.write(stage)
         if cfg.eval_n:
             from effort_server.training.evaluate import Evaluator
             from effort_server.training.tasks import load_task
 
             task_name = m.training.get("task", "digits")
-            manifest.evaluation = eval_full(Evaluator(base_path), stage, manifest, load_task(task_name), task_name,
-                                            cfg.eval_n, log)
+            manifest.evaluation = eval_full(
+                Evaluator(base_path), stage, manifest, load_task(task_name), task_name, cfg.eval_n, log
+            )
             manifest.write(stage)
     log(f"wrote {out}: {len(kept)} matrices, keep {cfg.keep:g}, scale {cfg.scale:g}, rank {rank}")
     return out

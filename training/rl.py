@@ -27,7 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # --lr-schedule → transformers'
+LR_SCHEDULES = {
+    "constant": "constant_with_warmup",
+    "linear": "linear",
+    "cosine": "cosine",
+}  # --lr-schedule → transformers'
 
 
 class TrainError(ValueError):
@@ -50,9 +54,17 @@ class RLConfig:
     prompts_per_step: int = field(default=8, metadata={"help": "prompts per optimiser step"})
     generations: int = field(default=8, metadata={"help": "rollouts per prompt (the GRPO group)"})
     max_steps: int = field(default=160, metadata={"help": "optimiser steps"})
-    minutes: float = field(default=15.0, metadata={"help": "wall-clock cap on preparation + training (then checkpointed and stopped; the evaluation adds 1-3 min)"})
+    minutes: float = field(
+        default=15.0,
+        metadata={
+            "help": "wall-clock cap on preparation + training (then checkpointed and stopped; the evaluation adds 1-3 min)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "learning rate (peak, after a short warm-up)"})
-    lr_schedule: str = field(default="constant", metadata={"help": "after the warm-up: constant, linear or cosine (down to 0 at --max-steps)"})
+    lr_schedule: str = field(
+        default="constant",
+        metadata={"help": "after the warm-up: constant, linear or cosine (down to 0 at --max-steps)"},
+    )
     warmup_steps: int = field(default=5, metadata={"help": "linear warm-up steps"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
@@ -62,9 +74,13 @@ class RLConfig:
     beta: float = field(default=0.04, metadata={"help": "KL coefficient to the base (0 = no reference pass)"})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clip, lower side"})
     epsilon_high: float = field(default=0.28, metadata={"help": "PPO clip, upper side (clip-higher)"})
-    no_dynamic_sampling: bool = field(default=False, metadata={"help": "keep zero-variance prompt groups in the loss (ablation)"})
+    no_dynamic_sampling: bool = field(
+        default=False, metadata={"help": "keep zero-variance prompt groups in the loss (ablation)"}
+    )
     save_every: int = field(default=20, metadata={"help": "checkpoint interval in steps"})
-    eval_n: int = field(default=500, metadata={"help": "held-out prompts evaluated through vLLM after training (0 = skip)"})
+    eval_n: int = field(
+        default=500, metadata={"help": "held-out prompts evaluated through vLLM after training (0 = skip)"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
 
@@ -81,8 +97,9 @@ class RLConfig:
         if self.max_completion < 0 or self.eval_n < 0 or self.beta < 0:
             raise TrainError("--max-completion, --eval-n and --beta must be >= 0")
         if self.quick:  # seconds, not minutes: the tests' smoke run of every recipe; flags given explicitly win
-            quick = dict(n_prompts=8, prompts_per_step=2, generations=4, max_steps=2, save_every=1, eval_n=0,
-                         warmup_steps=0)
+            quick = dict(
+                n_prompts=8, prompts_per_step=2, generations=4, max_steps=2, save_every=1, eval_n=0, warmup_steps=0
+            )
             defaults = {f.name: f.default for f in fields(self)}
             for k, v in quick.items():
                 if getattr(self, k) == defaults[k]:
@@ -113,8 +130,15 @@ def parse_rollout(ids: list[int], problem, task, tokenizer, markers, cap: int, e
     if sp.closed:
         text = tokenizer.decode(list(sp.answer_ids), skip_special_tokens=True)
         correct = bool(task.grade(text, problem))
-    return Rollout(problem.id, effort, len(ids), sp.reasoning_tokens, sp.closed,
-                   truncated=not ended and len(ids) >= cap, correct=correct)
+    return Rollout(
+        problem.id,
+        effort,
+        len(ids),
+        sp.reasoning_tokens,
+        sp.closed,
+        truncated=not ended and len(ids) >= cap,
+        correct=correct,
+    )
 
 
 def group_keep_mask(rewards: list[float], group: int, tol: float = 1e-6) -> list[bool]:
@@ -124,7 +148,7 @@ def group_keep_mask(rewards: list[float], group: int, tol: float = 1e-6) -> list
         raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
     keep: list[bool] = []
     for i in range(0, len(rewards), group):
-        g = rewards[i:i + group]
+        g = rewards[i : i + group]
         keep += [max(g) - min(g) > tol] * group
     return keep
 
@@ -146,8 +170,11 @@ def _trainer_class():
                 return out
             rewards, mode = self.recipe.last_rewards, "train"
             if self.dynamic_sampling and len(rewards) == out["completion_mask"].shape[0]:
-                keep = torch.tensor(group_keep_mask(rewards, self.num_generations), dtype=out["completion_mask"].dtype,
-                                    device=out["completion_mask"].device)
+                keep = torch.tensor(
+                    group_keep_mask(rewards, self.num_generations),
+                    dtype=out["completion_mask"].dtype,
+                    device=out["completion_mask"].device,
+                )
                 out["completion_mask"] = out["completion_mask"] * keep[:, None]
                 out["num_items_in_batch"] = out["completion_mask"].sum()
                 self._metrics[mode]["groups_dropped"].append(1.0 - keep.float().mean().item())
@@ -225,9 +252,18 @@ class Recipe:
         def effort_reward(prompts, completions, completion_ids, trainer_state=None, prompt_id=None, effort=None, **kw):
             cap = recipe.ctx.max_completion
             effs = effort or [1.0] * len(completion_ids)
-            rolls = [parse_rollout(ids, recipe.ctx.problems[pid], recipe.ctx.task, recipe.ctx.tokenizer,
-                                   recipe.ctx.markers, cap, float(e))
-                     for ids, pid, e in zip(completion_ids, prompt_id, effs)]
+            rolls = [
+                parse_rollout(
+                    ids,
+                    recipe.ctx.problems[pid],
+                    recipe.ctx.task,
+                    recipe.ctx.tokenizer,
+                    recipe.ctx.markers,
+                    cap,
+                    float(e),
+                )
+                for ids, pid, e in zip(completion_ids, prompt_id, effs)
+            ]
             rewards = [float(r) for r in recipe.reward(rolls)]
             recipe.last_rewards = rewards
             step = int(trainer_state.global_step) if trainer_state is not None else 0
@@ -239,8 +275,18 @@ class Recipe:
                 **recipe.extra_metrics,
             }
             probs = recipe.ctx.problems
-            recipe.rollout_sink([{"step": step, **asdict(r), "reward": w, "difficulty": probs[r.prompt_id].difficulty,
-                                  "question": probs[r.prompt_id].question} for r, w in zip(rolls, rewards)])
+            recipe.rollout_sink(
+                [
+                    {
+                        "step": step,
+                        **asdict(r),
+                        "reward": w,
+                        "difficulty": probs[r.prompt_id].difficulty,
+                        "question": probs[r.prompt_id].question,
+                    }
+                    for r, w in zip(rolls, rewards)
+                ]
+            )
             return rewards
 
         return effort_reward
@@ -258,11 +304,13 @@ class Context:
     model: Any = None  # the peft model being trained
 
     def render(self, content: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
 
-    def greedy(self, problems, contents: list[str] | None = None, batch: int = 64,
-               temperature: float = 0.0) -> dict[str, tuple[Rollout, list[int]]]:
+    def greedy(
+        self, problems, contents: list[str] | None = None, batch: int = 64, temperature: float = 0.0
+    ) -> dict[str, tuple[Rollout, list[int]]]:
         """Per problem id: the greedy rollout of the current model (HF generate) and its ids
         (`temperature` > 0: one sample instead)."""
         import torch
@@ -275,15 +323,25 @@ class Context:
         model.eval()
         try:
             for i in range(0, len(problems), batch):
-                chunk = problems[i:i + batch]
-                texts = [self.render(c) for c in (contents[i:i + batch] if contents else [p.question for p in chunk])]
+                chunk = problems[i : i + batch]
+                texts = [
+                    self.render(c) for c in (contents[i : i + batch] if contents else [p.question for p in chunk])
+                ]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
                 with torch.no_grad():
-                    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
+                    sampling = (
+                        dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+                        if temperature > 0
                         else dict(do_sample=False)
-                    gen = model.generate(**enc, max_new_tokens=self.max_completion, **sampling,
-                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                for p, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
+                    )
+                    gen = model.generate(
+                        **enc,
+                        max_new_tokens=self.max_completion,
+                        **sampling,
+                        pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id,
+                    )
+                for p, row in zip(chunk, gen[:, enc["input_ids"].shape[1] :].tolist()):
                     if tok.eos_token_id in row:
                         row = row[: row.index(tok.eos_token_id) + 1]
                     out[p.id] = (parse_rollout(row, p, self.task, tok, self.markers, self.max_completion), row)
@@ -292,8 +350,18 @@ class Context:
             model.train(was_training)
         return out
 
-    def sft(self, pairs: list[tuple], steps: int, lr: float = 1e-3, batch: int = 32, seed: int = 0,
-            log=print, done=None, check_from: int = 0, check_every: int = 50) -> float:
+    def sft(
+        self,
+        pairs: list[tuple],
+        steps: int,
+        lr: float = 1e-3,
+        batch: int = 32,
+        seed: int = 0,
+        log=print,
+        done=None,
+        check_from: int = 0,
+        check_every: int = 50,
+    ) -> float:
         """Supervised steps on the trainable (LoRA) parameters: (prompt text, completion ids[,
         per-token weights]) → loss on the completion only, the weighted mean of the token losses
         (weights default to 1). Returns the last loss.
@@ -301,7 +369,6 @@ class Context:
         `done(step)`, when given, is asked after step `check_from` and every `check_every` steps
         after it; training stops early when it returns True (`steps` is then the most taken)."""
         import torch
-
         from effort_server.training.base_model import _pad
 
         tok, model = self.tokenizer, self.model
@@ -322,10 +389,14 @@ class Context:
             x, y, mask = _pad(ids, labels, tok.pad_token_id)
             wt = torch.zeros(x.shape)
             for i, w in enumerate(weights):
-                wt[i, :len(w)] = torch.tensor(w)
+                wt[i, : len(w)] = torch.tensor(w)
             logits = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1]
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1).to(model.device),
-                                                   ignore_index=-100, reduction="none").view(x.shape[0], -1)
+            ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                y[:, 1:].reshape(-1).to(model.device),
+                ignore_index=-100,
+                reduction="none",
+            ).view(x.shape[0], -1)
             wt = wt[:, 1:].to(model.device)
             loss = (ce * wt).sum() / wt.sum().clamp_min(1e-8)
             opt.zero_grad(set_to_none=True)
@@ -353,9 +424,18 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-LOG_KEYS = {"reward": "reward", "accuracy": "accuracy", "mean_length": "completions/mean_length",
-            "mean_reasoning": "mean_reasoning", "entropy": "entropy", "groups_dropped": "groups_dropped",
-            "truncated": "truncated", "kl": "kl", "loss": "loss", "lr": "learning_rate"}
+LOG_KEYS = {
+    "reward": "reward",
+    "accuracy": "accuracy",
+    "mean_length": "completions/mean_length",
+    "mean_reasoning": "mean_reasoning",
+    "entropy": "entropy",
+    "groups_dropped": "groups_dropped",
+    "truncated": "truncated",
+    "kl": "kl",
+    "loss": "loss",
+    "lr": "learning_rate",
+}
 
 
 def plot_curves(log_rows: list[dict], path: Path, title: str) -> None:
@@ -407,8 +487,11 @@ def _callbacks(recipe: Recipe, run_dir: Path, cfg: RLConfig, t_start: float, pri
         def on_save(self, args, state, control, **kw):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                payload = {"recipe": recipe.state(), "wall_s": prior_wall + time.time() - t_start,
-                           "step": state.global_step}
+                payload = {
+                    "recipe": recipe.state(),
+                    "wall_s": prior_wall + time.time() - t_start,
+                    "step": state.global_step,
+                }
                 tmp = ckpt / "effort_state.json.tmp"
                 tmp.write_text(json.dumps(payload))
                 tmp.replace(ckpt / "effort_state.json")
@@ -456,14 +539,21 @@ def _check_targets(model, targets: list[str]) -> None:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        raise TrainError(f"LoRA target module(s) {', '.join(missing)} not found in the model "
-                         f"(it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])})")
+        raise TrainError(
+            f"LoRA target module(s) {', '.join(missing)} not found in the model "
+            f"(it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])})"
+        )
 
 
 def _last_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((p for p in run_dir.glob("checkpoint-*")
-                    if (p / "trainer_state.json").exists() and (p / "effort_state.json").exists()),
-                   key=lambda p: int(p.name.split("-")[-1]))
+    ckpts = sorted(
+        (
+            p
+            for p in run_dir.glob("checkpoint-*")
+            if (p / "trainer_state.json").exists() and (p / "effort_state.json").exists()
+        ),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
     return ckpts[-1] if ckpts else None
 
 
@@ -471,7 +561,9 @@ def load_problems(task, n: int, seed: int):
     probs = task.problems("train", n, seed)
     bad = [p.id for p in probs if not str(p.answer).strip()]
     if bad:
-        raise TrainError(f"{len(bad)} training problem(s) have no answer (e.g. id {bad[0]}); RL needs verifiable answers")
+        raise TrainError(
+            f"{len(bad)} training problem(s) have no answer (e.g. id {bad[0]}); RL needs verifiable answers"
+        )
     if not probs:
         raise TrainError("the task has no training problems")
     return probs
@@ -480,9 +572,10 @@ def load_problems(task, n: int, seed: int):
 def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=None) -> Path:
     """Train, evaluate and write the adapter folder atomically. Returns its path."""
     from effort_server.server.engine import default_model, portable_path
-    from effort_server.contract.manifest import AdapterManifest, ModelManifest
     from effort_server.server.registry import NAME_RE
     from effort_server.training.tasks import load_task
+
+    from effort_server.contract.manifest import AdapterManifest, ModelManifest
 
     t_start = time.time()
     name = cfg.name or recipe_cls.kind
@@ -500,7 +593,9 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         ckpt = None
         if run_dir.exists() and any(run_dir.iterdir()):
             if not cfg.force:
-                raise TrainError(f"run folder {run_dir} has a previous run; pass --resume to continue it or --force to start over")
+                raise TrainError(
+                    f"run folder {run_dir} has a previous run; pass --resume to continue it or --force to start over"
+                )
             shutil.rmtree(run_dir)
     model_path = cfg.model or default_model()
     if not Path(model_path, "config.json").is_file():
@@ -530,11 +625,18 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         think, full = ("<think>", "</think>"), 512
     markers = Markers.from_tokenizer(tok, *think)
     cap = cfg.max_completion or recipe_cls.default_cap(full)
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
-                          task_type="CAUSAL_LM")
+    peft_cfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"
+    )
     model = get_peft_model(model, peft_cfg)  # the recipe's prepare() may warm the LoRA up
-    ctx = Context(task=task, problems={p.id: p for p in problems}, tokenizer=tok, markers=markers,
-                  max_completion=cap, model=model)
+    ctx = Context(
+        task=task,
+        problems={p.id: p for p in problems},
+        tokenizer=tok,
+        markers=markers,
+        max_completion=cap,
+        model=model,
+    )
     recipe = recipe_cls(cfg, ctx, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     rollouts_path = run_dir / "rollouts.jsonl"
@@ -553,8 +655,10 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         if start.is_file():  # the KL reference is a copy of the adapter as GRPO first saw it (e1's warm-up)
             set_peft_model_state_dict(model, load_file(str(start)))
     else:
-        log(f"{recipe_cls.kind}: {len(problems)} prompts, {cfg.prompts_per_step}x{cfg.generations} rollouts/step, "
-            f"cap {cap} tokens, up to {cfg.max_steps} steps / {cfg.minutes:g} min")
+        log(
+            f"{recipe_cls.kind}: {len(problems)} prompts, {cfg.prompts_per_step}x{cfg.generations} rollouts/step, "
+            f"cap {cap} tokens, up to {cfg.max_steps} steps / {cfg.minutes:g} min"
+        )
         recipe.prepare(problems, log)
         model.save_pretrained(str(run_dir / "start-adapter"))  # what GRPO starts from (and its KL reference)
     recipe.rollout_sink = lambda rows: _write_jsonl(rollouts_path, rows)
@@ -564,20 +668,48 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
     rows = recipe.rows(problems)
     ds = Dataset.from_list(rows)
     args = GRPOConfig(
-        output_dir=str(run_dir), per_device_train_batch_size=cfg.prompts_per_step * cfg.generations,
-        num_generations=cfg.generations, gradient_accumulation_steps=1, steps_per_generation=1,
-        max_completion_length=cap, temperature=cfg.temperature, top_p=1.0, learning_rate=cfg.lr,
-        lr_scheduler_type=LR_SCHEDULES[cfg.lr_schedule], warmup_steps=cfg.warmup_steps, beta=cfg.beta,
-        epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, loss_type="dapo", scale_rewards="batch",
-        mask_truncated_completions=False, logging_steps=1, save_steps=cfg.save_every, save_total_limit=2,
-        max_steps=cfg.max_steps, bf16=False, fp16=False, gradient_checkpointing=False, report_to=[],
-        seed=cfg.seed, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
-        log_completions=False, save_only_model=False, shuffle_dataset=True,
+        output_dir=str(run_dir),
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.generations,
+        num_generations=cfg.generations,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        max_completion_length=cap,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=LR_SCHEDULES[cfg.lr_schedule],
+        warmup_steps=cfg.warmup_steps,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        loss_type="dapo",
+        scale_rewards="batch",
+        mask_truncated_completions=False,
+        logging_steps=1,
+        save_steps=cfg.save_every,
+        save_total_limit=2,
+        max_steps=cfg.max_steps,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        log_completions=False,
+        save_only_model=False,
+        shuffle_dataset=True,
     )
     title = f"{name} ({recipe_cls.kind}) on {Path(model_path).name}"
-    trainer = _trainer_class()(model=model, reward_funcs=[recipe.reward_func()], args=args, train_dataset=ds,
-                               processing_class=tok,
-                               callbacks=_callbacks(recipe, run_dir, cfg, t_start, prior_wall, title))
+    trainer = _trainer_class()(
+        model=model,
+        reward_funcs=[recipe.reward_func()],
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=_callbacks(recipe, run_dir, cfg, t_start, prior_wall, title),
+    )
     trainer.recipe = recipe
     trainer.dynamic_sampling = not cfg.no_dynamic_sampling
     if ckpt is not None and step >= cfg.max_steps:
@@ -601,11 +733,25 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         with open(rollouts_path, "rb") as src, gzip.open(stage / "rollouts.jsonl.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         manifest = AdapterManifest(
-            name=name, kind=recipe_cls.kind, base_model=portable_path(model_path), base_model_hash=model_hash(model_path),
-            think_start=think[0], think_end=think[1], control=recipe.control or AdapterManifest.model_fields["control"].default_factory(),
-            training={"recipe": recipe_cls.kind, "task": cfg.task, "n_prompts": len(problems), "steps": steps,
-                      "seed": cfg.seed, "wall_time_s": round(wall, 1), "hyper": {**_hyper(cfg), **recipe.hyper(), **(asdict(recipe.options) if recipe.options else {})},
-                      "max_completion": cap, "trl": _version("trl"), "peft": _version("peft")},
+            name=name,
+            kind=recipe_cls.kind,
+            base_model=portable_path(model_path),
+            base_model_hash=model_hash(model_path),
+            think_start=think[0],
+            think_end=think[1],
+            control=recipe.control or AdapterManifest.model_fields["control"].default_factory(),
+            training={
+                "recipe": recipe_cls.kind,
+                "task": cfg.task,
+                "n_prompts": len(problems),
+                "steps": steps,
+                "seed": cfg.seed,
+                "wall_time_s": round(wall, 1),
+                "hyper": {**_hyper(cfg), **recipe.hyper(), **(asdict(recipe.options) if recipe.options else {})},
+                "max_completion": cap,
+                "trl": _version("trl"),
+                "peft": _version("peft"),
+            },
         )
         manifest.write(stage)
         if cfg.eval_n > 0:
@@ -619,8 +765,9 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
 
 def evaluate_adapter(folder: Path, recipe: Recipe, cfg: RLConfig, model_path: str, log) -> dict:
     """Held-out accuracy and reasoning length through vLLM, plus the recipe's own measures."""
-    from effort_server.contract.manifest import AdapterManifest
     from effort_server.training.evaluate import Evaluator
+
+    from effort_server.contract.manifest import AdapterManifest
 
     ev = recipe.evaluator or Evaluator(model_path)  # one engine per process (e1 opens it to sample its warm-up)
     extra = recipe.finish(folder, ev) or {}  # may rewrite the manifest (e1's calibration)
@@ -634,18 +781,34 @@ def eval_full(ev, folder: Path, manifest, task, task_name: str, n: int, log=prin
     from effort_server.training.evaluate import summarize
 
     problems = task.problems("test", n, 0)
-    rows = ev.generate(problems, task, Adapter(manifest.name, folder.resolve(), manifest, lora_id=1),
-                       [None] * len(problems))
+    rows = ev.generate(
+        problems, task, Adapter(manifest.name, folder.resolve(), manifest, lora_id=1), [None] * len(problems)
+    )
     full = {"all": summarize(rows)}
     for b in sorted({r["bucket"] for r in rows}):
         full[b] = summarize([r for r in rows if r["bucket"] == b])
-    log(f"eval: accuracy {100 * full['all']['accuracy']:.1f}%, mean reasoning {full['all']['mean_reasoning']:.1f} tokens")
+    log(
+        f"eval: accuracy {100 * full['all']['accuracy']:.1f}%, mean reasoning {full['all']['mean_reasoning']:.1f} tokens"
+    )
     return {"eval_set": f"{task_name} test split, {len(problems)} prompts, seed 0", "full": full}
 
 
 def _hyper(cfg: RLConfig) -> dict:
-    keep = ("prompts_per_step", "generations", "lr", "lr_schedule", "lora_r", "lora_alpha", "lora_targets", "temperature", "beta",
-            "epsilon", "epsilon_high", "no_dynamic_sampling", "warmup_steps")
+    keep = (
+        "prompts_per_step",
+        "generations",
+        "lr",
+        "lr_schedule",
+        "lora_r",
+        "lora_alpha",
+        "lora_targets",
+        "temperature",
+        "beta",
+        "epsilon",
+        "epsilon_high",
+        "no_dynamic_sampling",
+        "warmup_steps",
+    )
     return {k: getattr(cfg, k) for k in keep}
 
 

@@ -26,7 +26,9 @@ from effort_server.contract.scoring import BASE, FEATURISERS, Route, Router, Rou
 
 @dataclass
 class RouterFitConfig:
-    records: str = field(default="", metadata={"help": "comma list of effort-eval results.json files and/or rollouts.jsonl(.gz) files"})
+    records: str = field(
+        default="", metadata={"help": "comma list of effort-eval results.json files and/or rollouts.jsonl(.gz) files"}
+    )
     out: str = field(default="adapters/router", metadata={"help": "router folder to write (router.json + router.npz)"})
     featuriser: str = field(default="char-ngram-tfidf", metadata={"help": "featuriser: " + ", ".join(FEATURISERS)})
     dim: int = field(default=1 << 14, metadata={"help": "hashed feature width"})
@@ -48,9 +50,13 @@ class RouterFitConfig:
 
 @dataclass
 class RouterCalibrateConfig:
-    router: str = field(default="adapters/router", metadata={"help": "router folder to calibrate (rewritten in place)"})
+    router: str = field(
+        default="adapters/router", metadata={"help": "router folder to calibrate (rewritten in place)"}
+    )
     records: str = field(default="", metadata={"help": "held-out effort-eval results.json file(s), comma list"})
-    tolerance: float = field(default=0.01, metadata={"help": "allowed accuracy loss versus the best fixed route (0.01 = 1 point)"})
+    tolerance: float = field(
+        default=0.01, metadata={"help": "allowed accuracy loss versus the best fixed route (0.01 = 1 point)"}
+    )
 
     def __post_init__(self):
         if not self.records:
@@ -64,8 +70,11 @@ class RouterCalibrateConfig:
 class Records:
     full: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     routes: dict[Route, dict[str, list[tuple[float, bool]]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
-    rollout_full: dict[str, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    rollout_full: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
     sources: list[str] = field(default_factory=list)
 
     def questions(self) -> list[str]:
@@ -206,8 +215,11 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
     rec = load_records(cfg.records)
     questions = rec.questions()
     qi = {q: i for i, q in enumerate(questions)}
-    feat = FEATURISERS[cfg.featuriser](dim=cfg.dim) if cfg.featuriser == "char-ngram-tfidf" \
+    feat = (
+        FEATURISERS[cfg.featuriser](dim=cfg.dim)
+        if cfg.featuriser == "char-ngram-tfidf"
         else FEATURISERS[cfg.featuriser]()
+    )
     feat.fit(questions)
     X = feat.transform(questions)
     ridge = Ridge(X, cfg.alpha)
@@ -226,12 +238,17 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
         pred = ridge.oof(idx, y, cfg.folds, rng)
         oof_z[m] = dict(zip(qs, pred))
         length_scale.append(smear(y, pred))
-        quality[m] = {"n": len(qs), "source": "eval" if m in rec.full else "rollouts",
-                      "spearman_oof": round(spearman(pred, y), 4),
-                      "mae_tokens_oof": round(float(np.mean(np.abs(np.expm1(pred) - np.expm1(y)))), 2),
-                      "mean_tokens": round(float(np.mean(np.expm1(y))), 2)}
-        log(f"length head {m}: n={len(qs)} out-of-fold Spearman {quality[m]['spearman_oof']:.3f}, "
-            f"MAE {quality[m]['mae_tokens_oof']:.1f} tokens")
+        quality[m] = {
+            "n": len(qs),
+            "source": "eval" if m in rec.full else "rollouts",
+            "spearman_oof": round(spearman(pred, y), 4),
+            "mae_tokens_oof": round(float(np.mean(np.abs(np.expm1(pred) - np.expm1(y)))), 2),
+            "mean_tokens": round(float(np.mean(np.expm1(y))), 2),
+        }
+        log(
+            f"length head {m}: n={len(qs)} out-of-fold Spearman {quality[m]['spearman_oof']:.3f}, "
+            f"MAE {quality[m]['mae_tokens_oof']:.1f} tokens"
+        )
 
     routes = sorted((r for r in rec.routes if r.model in full_src), key=lambda r: (r.model != BASE, r.model, r.effort))
     skipped = sorted({r.model for r in rec.routes} - set(full_src))
@@ -260,9 +277,15 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
     if not routes:
         raise ValueError("the records hold no servable routes (eval settings full, none or route:E)")
     manifest = {
-        "kind": "router", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fit": {"alpha": cfg.alpha, "folds": cfg.folds, "seed": cfg.seed, "dim": cfg.dim,
-                "wall_time_s": round(time.time() - t0, 1)},
+        "kind": "router",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fit": {
+            "alpha": cfg.alpha,
+            "folds": cfg.folds,
+            "seed": cfg.seed,
+            "dim": cfg.dim,
+            "wall_time_s": round(time.time() - t0, 1),
+        },
         "data": {"sources": rec.sources, "questions": len(questions)},
         "quality": {"length": quality, "routes": route_q},
         "tolerance": cfg.tolerance,
@@ -271,8 +294,17 @@ def fit_router(cfg: RouterFitConfig, log=print) -> Router:
     }
     width = X.shape[1]
     as_mat = lambda ws: np.stack(ws, 1) if ws else np.zeros((width, 0))  # noqa: E731
-    return Router(feat, models, as_mat(length_w), np.array(length_b), routes, as_mat(tokens_w),
-                  np.array(tokens_b), np.array(acc), manifest)
+    return Router(
+        feat,
+        models,
+        as_mat(length_w),
+        np.array(length_b),
+        routes,
+        as_mat(tokens_w),
+        np.array(tokens_b),
+        np.array(acc),
+        manifest,
+    )
 
 
 def run_fit(cfg: RouterFitConfig) -> Router:
@@ -300,8 +332,13 @@ def outcome_table(rec: Records, routes: list[Route]) -> dict[str, dict[Route, tu
     """question → route → (mean tokens, mean correct), only questions measured on every route."""
     have = [r for r in routes if r in rec.routes]
     qs = set.intersection(*(set(rec.routes[r]) for r in have)) if have else set()
-    return {q: {r: (float(np.mean([t for t, _ in rec.routes[r][q]])), float(np.mean([c for _, c in rec.routes[r][q]])))
-                for r in have} for q in sorted(qs)}
+    return {
+        q: {
+            r: (float(np.mean([t for t, _ in rec.routes[r][q]])), float(np.mean([c for _, c in rec.routes[r][q]])))
+            for r in have
+        }
+        for q in sorted(qs)
+    }
 
 
 def run_calibrate(cfg: RouterCalibrateConfig, log=print) -> dict:
@@ -309,11 +346,15 @@ def run_calibrate(cfg: RouterCalibrateConfig, log=print) -> dict:
     rec = load_records(cfg.records)
     table = outcome_table(rec, router.routes)
     if not table:
-        raise ValueError("the held-out records share no prompts measured on the router's routes: evaluate "
-                         "the same adapters and settings the router was fitted on")
+        raise ValueError(
+            "the held-out records share no prompts measured on the router's routes: evaluate "
+            "the same adapters and settings the router was fitted on"
+        )
     routes = list(next(iter(table.values())))
-    fixed = {r: (float(np.mean([o[r][1] for o in table.values()])), float(np.mean([o[r][0] for o in table.values()])))
-             for r in routes}
+    fixed = {
+        r: (float(np.mean([o[r][1] for o in table.values()])), float(np.mean([o[r][0] for o in table.values()])))
+        for r in routes
+    }
     best_route = max(fixed, key=lambda r: (fixed[r][0], -fixed[r][1]))
     best_acc, best_tok = fixed[best_route]
     grid = sorted({0.0, *np.round(np.linspace(0, 0.5, 51), 3).tolist()})
@@ -335,23 +376,46 @@ def run_calibrate(cfg: RouterCalibrateConfig, log=print) -> dict:
         if len(qs) >= 3:
             pred = [router.score(q).full_length[m] for q in qs]
             length_q[m] = round(spearman(pred, [np.mean(rec.full[m][q]) for q in qs]), 4)
-    cal = {"margin": margin, "tolerance": cfg.tolerance, "n": len(table), "sources": rec.sources,
-           "auto": {"accuracy": round(acc, 4), "mean_reasoning": round(tok, 2)},
-           "best_fixed": {"route": best_route.label, "accuracy": round(best_acc, 4), "mean_reasoning": round(best_tok, 2)},
-           "fixed": {r.label: {"accuracy": round(a, 4), "mean_reasoning": round(t, 2)} for r, (a, t) in fixed.items()},
-           "length_spearman_heldout": length_q,
-           "met_tolerance": bool(ok)}
+    cal = {
+        "margin": margin,
+        "tolerance": cfg.tolerance,
+        "n": len(table),
+        "sources": rec.sources,
+        "auto": {"accuracy": round(acc, 4), "mean_reasoning": round(tok, 2)},
+        "best_fixed": {
+            "route": best_route.label,
+            "accuracy": round(best_acc, 4),
+            "mean_reasoning": round(best_tok, 2),
+        },
+        "fixed": {r.label: {"accuracy": round(a, 4), "mean_reasoning": round(t, 2)} for r, (a, t) in fixed.items()},
+        "length_spearman_heldout": length_q,
+        "met_tolerance": bool(ok),
+    }
     router.manifest["calibration"] = cal
     router.save(cfg.router)
-    log(f"calibrated margin {margin:g} on {len(table)} held-out prompts: auto {100 * acc:.1f}% at {tok:.1f} reasoning "
-        f"tokens; best fixed {best_route.label} {100 * best_acc:.1f}% at {best_tok:.1f}")
+    log(
+        f"calibrated margin {margin:g} on {len(table)} held-out prompts: auto {100 * acc:.1f}% at {tok:.1f} reasoning "
+        f"tokens; best fixed {best_route.label} {100 * best_acc:.1f}% at {best_tok:.1f}"
+    )
     for m, s in length_q.items():
         log(f"held-out Spearman predicted vs measured full length, {m}: {s:.3f}")
     if not ok:
-        log(f"warning: no margin keeps accuracy within {cfg.tolerance:g} of the best fixed route; kept the most accurate")
+        log(
+            f"warning: no margin keeps accuracy within {cfg.tolerance:g} of the best fixed route; kept the most accurate"
+        )
     return cal
 
 
 # -- benchmark ----------------------------------------------------------------------------------
-__all__ = ["RouterFitConfig", "RouterCalibrateConfig", "fit_router", "run_fit", "run_calibrate", "load_records",
-           "spearman", "choose", "replay", "RouterError"]
+__all__ = [
+    "RouterFitConfig",
+    "RouterCalibrateConfig",
+    "fit_router",
+    "run_fit",
+    "run_calibrate",
+    "load_records",
+    "spearman",
+    "choose",
+    "replay",
+    "RouterError",
+]

@@ -57,7 +57,8 @@ class ModelManifest(_Manifest):
 
     task: str | None = Field(None, description="task the model was trained on")
     default_full_effort_tokens: int = Field(
-        512, description="typical full-effort reasoning length; the policy's L̂ until a router is fitted")
+        512, description="typical full-effort reasoning length; the policy's L̂ until a router is fitted"
+    )
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
 
@@ -109,7 +110,7 @@ class Control(BaseModel):
 
 def _unit(key: str) -> float:
     """A number in [0, 1) fixed by `key` (uniform over keys)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0 ** 64
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
 
 
 class AdapterManifest(_Manifest):

@@ -51,7 +51,7 @@ class Split:
 def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
     n = len(sub)
     for i in range(start, len(seq) - n + 1):
-        if tuple(seq[i:i + n]) == sub:
+        if tuple(seq[i : i + n]) == sub:
             return i
     return -1
 
@@ -71,4 +71,4 @@ def split_ids(ids: list[int], markers: Markers, in_think: bool = False) -> Split
     e = _find(ids, markers.end, body_from)
     if e < 0:
         return Split(tuple(ids[body_from:]), (), started=True, closed=False)
-    return Split(tuple(ids[body_from:e]), tuple(ids[e + len(markers.end):]), started=True, closed=True)
+    return Split(tuple(ids[body_from:e]), tuple(ids[e + len(markers.end) :]), started=True, closed=True)

@@ -42,8 +42,9 @@ class CharNgramTfidf:
 
     name = "char-ngram-tfidf"
 
-    def __init__(self, dim: int = 1 << 14, ngrams: tuple[int, int] = (1, 3), idf=None, extra_mean=None,
-                 extra_std=None):
+    def __init__(
+        self, dim: int = 1 << 14, ngrams: tuple[int, int] = (1, 3), idf=None, extra_mean=None, extra_std=None
+    ):
         self.dim, self.ngrams = int(dim), (int(ngrams[0]), int(ngrams[1]))
         self.idf = None if idf is None else np.asarray(idf, dtype=np.float32)
         self.extra_mean = None if extra_mean is None else np.asarray(extra_mean, dtype=np.float32)
@@ -61,7 +62,7 @@ class CharNgramTfidf:
                 continue
             h = np.full(len(b) - n + 1, n * 7919, dtype=np.int64)
             for k in range(n):
-                h = (h * 1000003 + b[k:len(b) - n + 1 + k]) & 0x7FFFFFFF
+                h = (h * 1000003 + b[k : len(b) - n + 1 + k]) & 0x7FFFFFFF
             parts.append(h % self.dim)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
@@ -87,14 +88,16 @@ class CharNgramTfidf:
         out = np.zeros((len(texts), self.width), dtype=np.float32)
         for i, t in enumerate(texts):
             v = self._tf(t) * self.idf
-            out[i, :self.dim] = v / max(float(np.linalg.norm(v)), 1e-6)
-            out[i, self.dim:] = (self._extras(t) - self.extra_mean) / self.extra_std
+            out[i, : self.dim] = v / max(float(np.linalg.norm(v)), 1e-6)
+            out[i, self.dim :] = (self._extras(t) - self.extra_mean) / self.extra_std
         return out
 
     def state(self) -> tuple[dict, dict]:
         """(JSON-able config, arrays)."""
-        return ({"name": self.name, "dim": self.dim, "ngrams": list(self.ngrams)},
-                {"idf": self.idf, "extra_mean": self.extra_mean, "extra_std": self.extra_std})
+        return (
+            {"name": self.name, "dim": self.dim, "ngrams": list(self.ngrams)},
+            {"idf": self.idf, "extra_mean": self.extra_mean, "extra_std": self.extra_std},
+        )
 
     @classmethod
     def from_state(cls, cfg: dict, arrays) -> "CharNgramTfidf":
@@ -134,9 +137,18 @@ class Router:
     head's mean correction (manifest ``length_scale`` / ``tokens_scale``); `acc[k] = (a, b)` gives
     P(correct) = sigmoid(a + b × predicted log1p full length of the route's model, uncorrected)."""
 
-    def __init__(self, featuriser, models: list[str], length_w: np.ndarray, length_b: np.ndarray,
-                 routes: list[Route], tokens_w: np.ndarray, tokens_b: np.ndarray, acc: np.ndarray,
-                 manifest: dict):
+    def __init__(
+        self,
+        featuriser,
+        models: list[str],
+        length_w: np.ndarray,
+        length_b: np.ndarray,
+        routes: list[Route],
+        tokens_w: np.ndarray,
+        tokens_b: np.ndarray,
+        acc: np.ndarray,
+        manifest: dict,
+    ):
         self.featuriser, self.models, self.routes = featuriser, list(models), list(routes)
         self.length_w, self.length_b = np.asarray(length_w, np.float32), np.asarray(length_b, np.float32)
         self.tokens_w, self.tokens_b = np.asarray(tokens_w, np.float32), np.asarray(tokens_b, np.float32)
@@ -146,8 +158,9 @@ class Router:
         self._b = np.concatenate([self.length_b, self.tokens_b])
         # mean corrections of the log-space heads (1 for a router fitted without them)
         ls, ts = manifest.get("length_scale") or {}, manifest.get("tokens_scale") or {}
-        self._scale = np.array([float(ls.get(m, 1.0)) for m in self.models] +
-                               [float(ts.get(r.label, 1.0)) for r in self.routes])
+        self._scale = np.array(
+            [float(ls.get(m, 1.0)) for m in self.models] + [float(ts.get(r.label, 1.0)) for r in self.routes]
+        )
 
     @property
     def margin(self) -> float:
@@ -196,10 +209,19 @@ class Router:
         folder.mkdir(parents=True, exist_ok=True)
         fcfg, farr = self.featuriser.state()
         arrays = {f"feat_{k}": v for k, v in farr.items()}
-        arrays.update(length_w=self.length_w, length_b=self.length_b, tokens_w=self.tokens_w,
-                      tokens_b=self.tokens_b, acc=self.acc)
-        man = {**self.manifest, "featuriser": fcfg, "models": self.models,
-               "routes": [[r.model, r.effort] for r in self.routes]}
+        arrays.update(
+            length_w=self.length_w,
+            length_b=self.length_b,
+            tokens_w=self.tokens_w,
+            tokens_b=self.tokens_b,
+            acc=self.acc,
+        )
+        man = {
+            **self.manifest,
+            "featuriser": fcfg,
+            "models": self.models,
+            "routes": [[r.model, r.effort] for r in self.routes],
+        }
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".router.", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -217,8 +239,9 @@ class Router:
     def load(cls, folder: str | Path) -> "Router":
         folder = Path(folder)
         if not (folder / ROUTER_JSON).is_file() or not (folder / ROUTER_NPZ).is_file():
-            raise RouterError(f"no router in {folder} (needs {ROUTER_JSON} and {ROUTER_NPZ}; "
-                              "fit one with `effort router fit`)")
+            raise RouterError(
+                f"no router in {folder} (needs {ROUTER_JSON} and {ROUTER_NPZ}; fit one with `effort router fit`)"
+            )
         try:
             man = json.loads((folder / ROUTER_JSON).read_text())
             with np.load(folder / ROUTER_NPZ) as z:
@@ -227,16 +250,29 @@ class Router:
             if fcfg["name"] not in FEATURISERS:
                 raise RouterError(f"{folder}: unknown featuriser {fcfg['name']!r}")
             feat = FEATURISERS[fcfg["name"]].from_state(
-                fcfg, {k[5:]: v for k, v in arr.items() if k.startswith("feat_")})
+                fcfg, {k[5:]: v for k, v in arr.items() if k.startswith("feat_")}
+            )
             routes = [Route(str(m), float(e)) for m, e in man["routes"]]
-            r = cls(feat, man["models"], arr["length_w"], arr["length_b"], routes, arr["tokens_w"],
-                    arr["tokens_b"], arr["acc"], man)
+            r = cls(
+                feat,
+                man["models"],
+                arr["length_w"],
+                arr["length_b"],
+                routes,
+                arr["tokens_w"],
+                arr["tokens_b"],
+                arr["acc"],
+                man,
+            )
         except RouterError:
             raise
         except (KeyError, ValueError, OSError, json.JSONDecodeError) as e:
             raise RouterError(f"invalid router in {folder}: {e}") from None
-        if r.length_w.shape != (feat.width, len(r.models)) or r.tokens_w.shape != (feat.width, len(routes)) \
-                or r.acc.shape != (len(routes), 2):
+        if (
+            r.length_w.shape != (feat.width, len(r.models))
+            or r.tokens_w.shape != (feat.width, len(routes))
+            or r.acc.shape != (len(routes), 2)
+        ):
             raise RouterError(f"invalid router in {folder}: array shapes do not match its manifest")
         return r
 

@@ -14,17 +14,17 @@ length, is ours. The runs behind it: docs/LOG.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 from effort_server.training.rl import Rollout
 
 from .dler import DLER, dler_reward
 
 
-def da_limit(limit: int, pass_rate: float, own_len: float | None, shrink: float = 0.93,
-             p_ref: float = 0.5, p_full: float = 0.8) -> int:
+def da_limit(
+    limit: int, pass_rate: float, own_len: float | None, shrink: float = 0.93, p_ref: float = 0.5, p_full: float = 0.8
+) -> int:
     """L(x): DLER's `limit` tightened toward `shrink` × the prompt's own short correct length
     `own_len` as its pass rate goes from `p_ref` to `p_full` (no correct length seen: `limit`)."""
     t = min(1.0, max(0.0, (pass_rate - p_ref) / (p_full - p_ref)))
@@ -48,9 +48,15 @@ def update_running(prev: float | None, value: float | None, keep: float = 0.5) -
 class DlerDaOptions:
     """dler-da's own options (`effort train dler-da --help`)."""
 
-    shrink: float = field(default=0.93, metadata={"help": "easy prompts are cut at this × their own short correct length"})
-    p_ref: float = field(default=0.5, metadata={"help": "running pass rate at or below which a prompt keeps DLER's limit"})
-    p_full: float = field(default=0.8, metadata={"help": "running pass rate at or above which the limit is fully tightened"})
+    shrink: float = field(
+        default=0.93, metadata={"help": "easy prompts are cut at this × their own short correct length"}
+    )
+    p_ref: float = field(
+        default=0.5, metadata={"help": "running pass rate at or below which a prompt keeps DLER's limit"}
+    )
+    p_full: float = field(
+        default=0.8, metadata={"help": "running pass rate at or above which the limit is fully tightened"}
+    )
 
     def __post_init__(self):
         if not 0 < self.shrink <= 1:
@@ -85,7 +91,7 @@ class DLERDA(DLER):
         out: list[float] = []
         limits = []
         for i in range(0, len(rollouts), g):
-            group = rollouts[i:i + g]
+            group = rollouts[i : i + g]
             pid = group[0].prompt_id
             right = [r.completion_tokens for r in group if r.correct and r.closed and not r.truncated]
             self.pass_rate[pid] = p = update_running(self.pass_rate.get(pid), len(right) / len(group))

@@ -16,16 +16,16 @@ The design notes and the runs behind each choice: docs/LOG.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import contextlib
 import random
 import tempfile
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+
+from effort_server.training.rl import Recipe, Rollout
 
 from effort_server.contract.manifest import Control
 from effort_server.contract.markers import split_ids
-from effort_server.training.rl import Recipe, Rollout
 
 CONTROL = Control(kind="prompt-prefix", template="Think for effort {effort} of full.\n{prompt}")
 GRID = [round(0.2 + 0.05 * i, 2) for i in range(17)]  # 0.20 … 1.00
@@ -40,8 +40,14 @@ def e1_reward(r: Rollout, t_ref: float, band: float = 0.3) -> float:
     return max(0.0, 1.0 - abs(ratio - r.effort) / band)
 
 
-def calibration_points(realised: dict[float, float], accuracy: dict[float, float] | None = None, step: float = 0.02,
-                       full: float = 0.9, near: float = 0.1, worse: float = 0.02) -> list[list[float]]:
+def calibration_points(
+    realised: dict[float, float],
+    accuracy: dict[float, float] | None = None,
+    step: float = 0.02,
+    full: float = 0.9,
+    near: float = 0.1,
+    worse: float = 0.02,
+) -> list[list[float]]:
     """[[realised ratio, control value], …] for a mixing calibration (``Control.mix``): first the
     control with the lowest realised ratio (the shortest path; controls below it are dropped), then
     the higher controls in order, each kept when its realised ratio is at least `step` above the
@@ -59,18 +65,25 @@ def calibration_points(realised: dict[float, float], accuracy: dict[float, float
     — within noise: 98.4 / 99.0% on the test prompts — and serve effort 0.25 at 0.41 of full)."""
     cs = sorted(realised)
     if accuracy:
-        cs = [c for c in cs if realised[c] < full or not any(
-            accuracy[d] - accuracy[c] >= worse - 1e-9 and abs(realised[d] - realised[c]) <= near for d in realised)]
+        cs = [
+            c
+            for c in cs
+            if realised[c] < full
+            or not any(
+                accuracy[d] - accuracy[c] >= worse - 1e-9 and abs(realised[d] - realised[c]) <= near for d in realised
+            )
+        ]
     start = min(cs, key=lambda c: (realised[c], c))
     out = [[round(realised[start], 4), start]]
-    for c in cs[cs.index(start) + 1:]:
+    for c in cs[cs.index(start) + 1 :]:
         if realised[c] >= out[-1][0] + step:
             out.append([round(realised[c], 4), c])
     return out
 
 
-def relabel(samples: dict[str, list[tuple[float, list[int]]]], grid=GRID, tol: float = 0.06
-            ) -> list[tuple[str, float, list[int]]]:
+def relabel(
+    samples: dict[str, list[tuple[float, list[int]]]], grid=GRID, tol: float = 0.06
+) -> list[tuple[str, float, list[int]]]:
     """Hindsight relabelling: per prompt id and effort e of `grid`, the correct completion whose
     length ratio (its reasoning / the prompt's full-effort reasoning) is nearest e, when within
     `tol`. `samples`: prompt id → [(ratio, completion ids)] of correct completions.
@@ -112,30 +125,62 @@ class E1Options:
     """e1's own options (`effort train e1 --help`, recorded in the manifest's hyper)."""
 
     band: float = field(default=0.3, metadata={"help": "reward band around r × T(x), as a fraction of T(x)"})
-    warmup_min_steps: int = field(default=300, metadata={"help": "decision-weighted LoRA warm-up steps before GRPO, at least"})
-    warmup_max_steps: int = field(default=600, metadata={"help": "warm-up steps at most (probed every --warmup-check)"})
+    warmup_min_steps: int = field(
+        default=300, metadata={"help": "decision-weighted LoRA warm-up steps before GRPO, at least"}
+    )
+    warmup_max_steps: int = field(
+        default=600, metadata={"help": "warm-up steps at most (probed every --warmup-check)"}
+    )
     warmup_check: int = field(default=50, metadata={"help": "warm-up steps between probes"})
-    warmup_gap: float = field(default=0.5, metadata={"help": "warm-up ends when the length ratio at effort 1 exceeds 0.25's by this"})
+    warmup_gap: float = field(
+        default=0.5, metadata={"help": "warm-up ends when the length ratio at effort 1 exceeds 0.25's by this"}
+    )
     warmup_accuracy: float = field(default=0.75, metadata={"help": "... at least this greedy accuracy at effort 1"})
-    warm_prompts: int = field(default=384, metadata={"help": "prompts sampled for the warm-up (GRPO and the anchor train on these)"})
+    warm_prompts: int = field(
+        default=384, metadata={"help": "prompts sampled for the warm-up (GRPO and the anchor train on these)"}
+    )
     warm_samples: int = field(default=16, metadata={"help": "temperature-1 samples per warm-up prompt"})
-    decision_weight: float = field(default=20.0, metadata={"help": "loss weight on the tokens where completions part ways"})
-    reference_quantile: float = field(default=0.75, metadata={"help": "T(x): this quantile of the base's correct lengths (0 = its greedy length)"})
-    reference_samples: int = field(default=8, metadata={"help": "temperature-1 samples per dev / test prompt for T(x) in the calibration"})
+    decision_weight: float = field(
+        default=20.0, metadata={"help": "loss weight on the tokens where completions part ways"}
+    )
+    reference_quantile: float = field(
+        default=0.75, metadata={"help": "T(x): this quantile of the base's correct lengths (0 = its greedy length)"}
+    )
+    reference_samples: int = field(
+        default=8, metadata={"help": "temperature-1 samples per dev / test prompt for T(x) in the calibration"}
+    )
     calibration_n: int = field(default=300, metadata={"help": "dev prompts of the calibration"})
     tol: float = field(default=0.06, metadata={"help": "a sample fits an effort when |length ratio - effort| <= this"})
-    anchor_prompts: int = field(default=384, metadata={"help": "anchor after GRPO: base greedy completions of this many prompts"})
-    anchor_replay_max: float = field(default=0.85, metadata={"help": "anchor: the adapter's own correct completions at a control <= this"})
-    anchor_short: str = field(default="0.2,0.25", metadata={"help": "anchor: its short completions at control 0.2 relabelled to these"})
-    anchor_short_max: float = field(default=0.3, metadata={"help": "anchor: ... when their length ratio is at most this"})
-    anchor_full_min: float = field(default=0.9, metadata={"help": "anchor: base completions only when at least this long a ratio"})
+    anchor_prompts: int = field(
+        default=384, metadata={"help": "anchor after GRPO: base greedy completions of this many prompts"}
+    )
+    anchor_replay_max: float = field(
+        default=0.85, metadata={"help": "anchor: the adapter's own correct completions at a control <= this"}
+    )
+    anchor_short: str = field(
+        default="0.2,0.25", metadata={"help": "anchor: its short completions at control 0.2 relabelled to these"}
+    )
+    anchor_short_max: float = field(
+        default=0.3, metadata={"help": "anchor: ... when their length ratio is at most this"}
+    )
+    anchor_full_min: float = field(
+        default=0.9, metadata={"help": "anchor: base completions only when at least this long a ratio"}
+    )
     anchor_steps: int = field(default=80, metadata={"help": "anchor: supervised steps"})
     anchor_lr: float = field(default=2e-4, metadata={"help": "anchor: learning rate"})
     reserve_s: float = field(default=330.0, metadata={"help": "seconds of the --minutes cap kept for the anchor"})
 
     def __post_init__(self):
-        for k in ("warmup_min_steps", "warmup_max_steps", "warmup_check", "warm_prompts", "warm_samples",
-                  "reference_samples", "calibration_n", "anchor_prompts"):
+        for k in (
+            "warmup_min_steps",
+            "warmup_max_steps",
+            "warmup_check",
+            "warm_prompts",
+            "warm_samples",
+            "reference_samples",
+            "calibration_n",
+            "anchor_prompts",
+        ):
             if getattr(self, k) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 1")
         if self.warmup_max_steps < self.warmup_min_steps:
@@ -169,10 +214,18 @@ class E1(Recipe):
         self.anchor: dict = {}
 
     def hyper(self) -> dict:
-        reference = ("base greedy length" if self.reference_quantile is None else
-                     f"quantile {self.reference_quantile} of the base's correct lengths (greedy + {self.warm_samples} samples)")
-        return {"band": self.band, "effort_grid": [GRID[0], GRID[-1]], "reference": reference,
-                "warmup": self.warmup, "anchor": self.anchor}
+        reference = (
+            "base greedy length"
+            if self.reference_quantile is None
+            else f"quantile {self.reference_quantile} of the base's correct lengths (greedy + {self.warm_samples} samples)"
+        )
+        return {
+            "band": self.band,
+            "effort_grid": [GRID[0], GRID[-1]],
+            "reference": reference,
+            "warmup": self.warmup,
+            "anchor": self.anchor,
+        }
 
     def rows(self, problems) -> list[dict]:
         rng = random.Random(self.cfg.seed + 7)
@@ -200,7 +253,9 @@ class E1(Recipe):
         most `warmup_max_steps`). GRPO then starts from a model that reads the effort text."""
         quick = self.cfg.quick
         warm = problems[: 4 if quick else self.warm_prompts]
-        greedy = self._complete(problems if self.reference_quantile is None else warm, 0.0, 1)  # sampled T(x): warm only
+        greedy = self._complete(
+            problems if self.reference_quantile is None else warm, 0.0, 1
+        )  # sampled T(x): warm only
         self.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in greedy}
         ids = {p.id for p in warm}
         rows = [g for g in greedy if g[0] in ids] + self._complete(warm, 1.0, 2 if quick else self.warm_samples)
@@ -230,8 +285,10 @@ class E1(Recipe):
             out = {}
             for e in (0.25, 1.0):
                 rs = [r for r, _ in self.ctx.greedy(probe, [CONTROL.render(p.question, e) for p in probe]).values()]
-                out[str(e)] = {"accuracy": sum(r.correct for r in rs) / len(rs),
-                               "ratio": sum(r.reasoning_tokens / self.t_ref[r.prompt_id] for r in rs) / len(rs)}
+                out[str(e)] = {
+                    "accuracy": sum(r.correct for r in rs) / len(rs),
+                    "ratio": sum(r.reasoning_tokens / self.t_ref[r.prompt_id] for r in rs) / len(rs),
+                }
             return out
 
         before = measure()
@@ -240,28 +297,55 @@ class E1(Recipe):
 
         def reads_effort(step: int) -> bool:  # the probe's ratio at 1.0 `warmup_gap` above 0.25, at `warmup_accuracy`
             probes[step] = m = measure()
-            log(f"e1 warm-up step {step}: effort 0.25 / 1.0 -> length ratio {m['0.25']['ratio']:.2f} / "
-                f"{m['1.0']['ratio']:.2f}, {100 * m['1.0']['accuracy']:.0f}% at 1.0")
-            if (m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
-                    and m["1.0"]["accuracy"] >= self.warmup_accuracy):
+            log(
+                f"e1 warm-up step {step}: effort 0.25 / 1.0 -> length ratio {m['0.25']['ratio']:.2f} / "
+                f"{m['1.0']['ratio']:.2f}, {100 * m['1.0']['accuracy']:.0f}% at 1.0"
+            )
+            if (
+                m["1.0"]["ratio"] - m["0.25"]["ratio"] >= self.warmup_gap
+                and m["1.0"]["accuracy"] >= self.warmup_accuracy
+            ):
                 passed.append(step)
             return bool(passed)
 
         steps = 2 if quick else self.warmup_max_steps
-        loss = self.ctx.sft(pairs, steps=steps, lr=self.cfg.lr, seed=self.cfg.seed, log=log, done=reads_effort,
-                            check_from=self.warmup_min_steps, check_every=self.warmup_check) if pairs else 0.0
+        loss = (
+            self.ctx.sft(
+                pairs,
+                steps=steps,
+                lr=self.cfg.lr,
+                seed=self.cfg.seed,
+                log=log,
+                done=reads_effort,
+                check_from=self.warmup_min_steps,
+                check_every=self.warmup_check,
+            )
+            if pairs
+            else 0.0
+        )
         steps = passed[0] if passed else steps  # the step the gate stopped it at, else all of them
         after = probes.get(steps) or measure()
-        self.warmup = {"steps": steps, "prompts": len(warm), "samples_per_prompt": 2 if quick else self.warm_samples,
-                       "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)}, "decision_weight": self.decision_weight,
-                       "tolerance": self.tol, "last_loss": round(loss, 4), "before": before, "after": after,
-                       "gate": {"gap": self.warmup_gap, "accuracy": self.warmup_accuracy},
-                       "probes": {str(k): {e: {q: round(x, 3) for q, x in v.items()} for e, v in m.items()}
-                                  for k, m in probes.items()}}
-        log(f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
+        self.warmup = {
+            "steps": steps,
+            "prompts": len(warm),
+            "samples_per_prompt": 2 if quick else self.warm_samples,
+            "examples": {f"{e:g}": len(bins[e]) for e in sorted(bins)},
+            "decision_weight": self.decision_weight,
+            "tolerance": self.tol,
+            "last_loss": round(loss, 4),
+            "before": before,
+            "after": after,
+            "gate": {"gap": self.warmup_gap, "accuracy": self.warmup_accuracy},
+            "probes": {
+                str(k): {e: {q: round(x, 3) for q, x in v.items()} for e, v in m.items()} for k, m in probes.items()
+            },
+        }
+        log(
+            f"e1 warm-up ({steps} steps): effort 0.25 / 1.0 -> length ratio "
             f"{before['0.25']['ratio']:.2f} / {before['1.0']['ratio']:.2f} before, "
             f"{after['0.25']['ratio']:.2f} / {after['1.0']['ratio']:.2f} after; accuracy "
-            f"{100 * before['1.0']['accuracy']:.0f}% -> {100 * after['1.0']['accuracy']:.0f}% at 1.0")
+            f"{100 * before['1.0']['accuracy']:.0f}% -> {100 * after['1.0']['accuracy']:.0f}% at 1.0"
+        )
 
     def _complete(self, problems, temperature: float, samples: int) -> list[tuple[str, int, bool, list[int]]]:
         """(prompt id, reasoning tokens, correct and ended by EOS, completion ids ending in EOS)
@@ -277,15 +361,23 @@ class E1(Recipe):
             return out
         if self.evaluator is None:
             import torch
-
             from effort_server.server.engine import default_model
             from effort_server.training.evaluate import Evaluator
 
             self.evaluator = Evaluator(self.cfg.model or default_model())
             torch.set_num_threads(self.cfg.threads)  # as the run asked, whatever the engine set
-        rows = self.evaluator.generate(problems, self.ctx.task, None, [None] * len(problems), temperature=temperature,
-                                       samples=samples, max_tokens=self.ctx.max_completion, seed=self.cfg.seed + 11,
-                                       keep_ids=True, seed_per_prompt=False)  # the warm-up's draw (see the docstring)
+        rows = self.evaluator.generate(
+            problems,
+            self.ctx.task,
+            None,
+            [None] * len(problems),
+            temperature=temperature,
+            samples=samples,
+            max_tokens=self.ctx.max_completion,
+            seed=self.cfg.seed + 11,
+            keep_ids=True,
+            seed_per_prompt=False,
+        )  # the warm-up's draw (see the docstring)
         for r in rows:
             t = r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos]
             out.append((r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop", t))
@@ -306,8 +398,11 @@ class E1(Recipe):
         probs = problems[: 4 if quick else self.anchor_prompts]
         model = self.ctx.model
         with model.disable_adapter() if quick else contextlib.nullcontext():  # vLLM samples the base itself
-            full = [(pid, ids) for pid, _, ok, ids in self._complete(probs, 0.0, 1)  # … of full length: not a
-                    if ok and self._ratio(pid, ids) >= self.anchor_full_min]  # greedy short path (T(x) is sampled)
+            full = [
+                (pid, ids)
+                for pid, _, ok, ids in self._complete(probs, 0.0, 1)  # … of full length: not a
+                if ok and self._ratio(pid, ids) >= self.anchor_full_min
+            ]  # greedy short path (T(x) is sampled)
         rng = random.Random(self.cfg.seed + 13)
         low = [g for g in GRID if g <= self.anchor_replay_max]
         effs = [rng.choice(low) for _ in probs]
@@ -321,17 +416,30 @@ class E1(Recipe):
         for pid, e, ids in own + short:
             by_c.setdefault(e, []).append(self._ratio(pid, ids))
         replay_ratio = {f"{e:g}": round(sum(v) / len(v), 3) for e, v in sorted(by_c.items())}
-        log("e1 anchor replay, mean length ratio by control: " + ", ".join(f"{k}:{v}" for k, v in replay_ratio.items()))
+        log(
+            "e1 anchor replay, mean length ratio by control: " + ", ".join(f"{k}:{v}" for k, v in replay_ratio.items())
+        )
         q = {p.id: p.question for p in probs}
         pairs = [(self.ctx.render(CONTROL.render(q[pid], rng.choice((0.95, 1.0)))), ids) for pid, ids in full]
         pairs += [(self.ctx.render(CONTROL.render(q[pid], e)), ids) for pid, e, ids in own + short]
         steps = 2 if quick else self.anchor_steps
         loss = self.ctx.sft(pairs, steps=steps, lr=self.anchor_lr, seed=self.cfg.seed + 17, log=log) if pairs else 0.0
-        self.anchor = {"steps": steps, "lr": self.anchor_lr, "prompts": len(probs), "base_full": len(full),
-                       "replay": len(own), "replay_max_control": self.anchor_replay_max, "short": len(short),
-                       "short_controls": list(self.anchor_short), "replay_ratio": replay_ratio, "last_loss": round(loss, 4)}
-        log(f"e1 anchor ({steps} steps): {len(full)} base completions at 0.95 / 1.0, {len(own)} own at <= "
-            f"{self.anchor_replay_max}; loss {loss:.4f}")
+        self.anchor = {
+            "steps": steps,
+            "lr": self.anchor_lr,
+            "prompts": len(probs),
+            "base_full": len(full),
+            "replay": len(own),
+            "replay_max_control": self.anchor_replay_max,
+            "short": len(short),
+            "short_controls": list(self.anchor_short),
+            "replay_ratio": replay_ratio,
+            "last_loss": round(loss, 4),
+        }
+        log(
+            f"e1 anchor ({steps} steps): {len(full)} base completions at 0.95 / 1.0, {len(own)} own at <= "
+            f"{self.anchor_replay_max}; loss {loss:.4f}"
+        )
 
     def _full_lengths(self, evaluator, problems) -> dict[str, float]:
         """The base's full-effort reasoning length of each problem, as T(x) is defined in training:
@@ -343,10 +451,21 @@ class E1(Recipe):
         full = {r["id"]: float(r["reasoning_tokens"]) for r in greedy}
         if self.reference_quantile is None:
             return full
-        rows = greedy + evaluator.generate(problems, task, None, [None] * len(problems), temperature=1.0,
-                                           samples=self.reference_samples, seed=self.cfg.seed + 19)
-        full.update(reference_lengths([(r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop")
-                                       for r in rows], self.reference_quantile))
+        rows = greedy + evaluator.generate(
+            problems,
+            task,
+            None,
+            [None] * len(problems),
+            temperature=1.0,
+            samples=self.reference_samples,
+            seed=self.cfg.seed + 19,
+        )
+        full.update(
+            reference_lengths(
+                [(r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop") for r in rows],
+                self.reference_quantile,
+            )
+        )
         return full
 
     def _ratio(self, pid: str, ids: list[int]) -> float:
@@ -361,15 +480,30 @@ class E1(Recipe):
         eos = self.ctx.tokenizer.eos_token_id
         if self.cfg.quick:
             got = self.ctx.greedy(problems, [CONTROL.render(p.question, e) for p, e in zip(problems, efforts)])
-            return [(p.id, e, got[p.id][1]) for p, e in zip(problems, efforts)
-                    if got[p.id][0].correct and not got[p.id][0].truncated]
+            return [
+                (p.id, e, got[p.id][1])
+                for p, e in zip(problems, efforts)
+                if got[p.id][0].correct and not got[p.id][0].truncated
+            ]
         with tempfile.TemporaryDirectory() as tmp:
             self.ctx.model.save_pretrained(tmp)
-            adapter = SimpleNamespace(name="e1-anchor", lora_id=13, path=tmp, manifest=SimpleNamespace(control=CONTROL))
-            rows = self.evaluator.generate(problems, self.ctx.task, adapter, [None] * len(problems),
-                                           max_tokens=self.ctx.max_completion, effort=list(efforts), keep_ids=True)
-        return [(r["id"], e, r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos])
-                for r, e in zip(rows, efforts) if r["correct"] and r["finish_reason"] == "stop"]
+            adapter = SimpleNamespace(
+                name="e1-anchor", lora_id=13, path=tmp, manifest=SimpleNamespace(control=CONTROL)
+            )
+            rows = self.evaluator.generate(
+                problems,
+                self.ctx.task,
+                adapter,
+                [None] * len(problems),
+                max_tokens=self.ctx.max_completion,
+                effort=list(efforts),
+                keep_ids=True,
+            )
+        return [
+            (r["id"], e, r["token_ids"] if r["token_ids"][-1:] == [eos] else r["token_ids"] + [eos])
+            for r, e in zip(rows, efforts)
+            if r["correct"] and r["finish_reason"] == "stop"
+        ]
 
     def state(self) -> dict:
         return {"t_ref": self.t_ref, "sampled": sorted(self.sampled), "warmup": self.warmup}
@@ -392,8 +526,9 @@ class E1(Recipe):
 
     def finish(self, adapter_dir, evaluator) -> dict:
         """Calibrate on dev prompts, then measure the requested efforts on test prompts."""
-        from effort_server.contract.manifest import AdapterManifest
         from effort_server.server.registry import Adapter
+
+        from effort_server.contract.manifest import AdapterManifest
 
         task = self.ctx.task
         m = AdapterManifest.read(adapter_dir)
@@ -411,11 +546,16 @@ class E1(Recipe):
         base_test = self._full_lengths(evaluator, test)
         efforts = {}
         for e, rows in _at_efforts(evaluator, test, task, adapter, REPORT_EFFORTS).items():
-            efforts[str(e)] = {"accuracy": sum(r["correct"] for r in rows) / len(rows),
-                               "mean_reasoning": sum(r["reasoning_tokens"] for r in rows) / len(rows),
-                               "realised_ratio": _mean_ratio(rows, base_test)}
-        return {"calibration_realised": {str(k): round(v, 4) for k, v in realised.items()},
-                "calibration_accuracy": {str(k): round(v, 4) for k, v in accuracy.items()}, "efforts": efforts}
+            efforts[str(e)] = {
+                "accuracy": sum(r["correct"] for r in rows) / len(rows),
+                "mean_reasoning": sum(r["reasoning_tokens"] for r in rows) / len(rows),
+                "realised_ratio": _mean_ratio(rows, base_test),
+            }
+        return {
+            "calibration_realised": {str(k): round(v, 4) for k, v in realised.items()},
+            "calibration_accuracy": {str(k): round(v, 4) for k, v in accuracy.items()},
+            "efforts": efforts,
+        }
 
 
 def _at_efforts(evaluator, problems, task, adapter, efforts) -> dict[float, list[dict]]:
@@ -424,9 +564,14 @@ def _at_efforts(evaluator, problems, task, adapter, efforts) -> dict[float, list
     completions: the 17-control calibration on 100 prompts took 46 s instead of 73)."""
     efforts = list(efforts)
     n = len(problems)
-    rows = evaluator.generate(list(problems) * len(efforts), task, adapter, [None] * (n * len(efforts)),
-                              effort=[e for e in efforts for _ in range(n)])
-    return {e: rows[i * n:(i + 1) * n] for i, e in enumerate(efforts)}
+    rows = evaluator.generate(
+        list(problems) * len(efforts),
+        task,
+        adapter,
+        [None] * (n * len(efforts)),
+        effort=[e for e in efforts for _ in range(n)],
+    )
+    return {e: rows[i * n : (i + 1) * n] for i, e in enumerate(efforts)}
 
 
 def reference_lengths(rows, quantile: float) -> dict[str, float]:

@@ -20,5 +20,15 @@ def load_task(spec: str) -> Task:
     raise TaskError(f"unknown task {spec!r}: use one of {', '.join(TASKS)} or a path to a .jsonl file")
 
 
-__all__ = ["Problem", "Task", "TaskError", "DigitsTask", "JsonlMathTask", "load_task",
-           "extract_boxed", "read_problems_jsonl", "write_jsonl", "TASKS"]
+__all__ = [
+    "Problem",
+    "Task",
+    "TaskError",
+    "DigitsTask",
+    "JsonlMathTask",
+    "load_task",
+    "extract_boxed",
+    "read_problems_jsonl",
+    "write_jsonl",
+    "TASKS",
+]

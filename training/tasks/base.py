@@ -100,8 +100,15 @@ def read_problems_jsonl(path: str | Path) -> list[Problem]:
                 diff = float(diff)
             except (TypeError, ValueError):
                 raise TaskError(f"{path}:{lineno}: difficulty must be a number, got {diff!r}") from None
-            out.append(Problem(id=str(row.get("id", lineno)), question=q, answer=str(row["answer"]),
-                               difficulty=diff, meta=row.get("meta", {}) or {}))
+            out.append(
+                Problem(
+                    id=str(row.get("id", lineno)),
+                    question=q,
+                    answer=str(row["answer"]),
+                    difficulty=diff,
+                    meta=row.get("meta", {}) or {},
+                )
+            )
     if not out:
         raise TaskError(f"{path}: no problems in file")
     return out

@@ -130,8 +130,13 @@ class DigitsTask:
 
     name = "digits"
 
-    def __init__(self, min_digits: int = MIN_DIGITS, max_digits: int = MAX_DIGITS,
-                 styles: dict[str, float] | None = None, recheck_passes: int = RECHECK_PASSES):
+    def __init__(
+        self,
+        min_digits: int = MIN_DIGITS,
+        max_digits: int = MAX_DIGITS,
+        styles: dict[str, float] | None = None,
+        recheck_passes: int = RECHECK_PASSES,
+    ):
         if not MIN_DIGITS <= min_digits <= max_digits <= MAX_DIGITS:
             raise ValueError(f"digits must satisfy {MIN_DIGITS} <= min <= max <= {MAX_DIGITS}")
         if recheck_passes < 1:
@@ -178,8 +183,9 @@ class DigitsTask:
         return "easy" if n <= 6 else "mid" if n <= 11 else "hard"
 
     # --- supervised data for the base model -------------------------------------------------
-    def sft_example(self, rng: random.Random, style: str | None = None,
-                    max_digits: int | None = None) -> tuple[str, str, str]:
+    def sft_example(
+        self, rng: random.Random, style: str | None = None, max_digits: int | None = None
+    ) -> tuple[str, str, str]:
         """(question, thinking, answer text) for one training example of a random style."""
         digits = self.sample_digits(rng, "train", max_digits)
         style = style or rng.choices(list(self.styles), weights=list(self.styles.values()))[0]
