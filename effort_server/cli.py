@@ -26,6 +26,11 @@ COMMANDS = {
 }
 
 
+# `effort CMD --help` lists a config's `HELP_MAIN` fields (a class attribute; all fields when it has
+# none); `--help-all` lists every flag. Set by main() before the parser is built.
+FULL_HELP = False
+
+
 class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
@@ -34,16 +39,27 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str, suppres
     """Expose a config dataclass's fields as --flags, help texts from field metadata.
     `suppress`: leave unset flags out of the namespace (so a config file can fill them)."""
     group = parser.add_argument_group(title)
+    parser.usage = parser.usage or "%(prog)s [options]"
+    main = getattr(cls, "HELP_MAIN", None)
+    hidden = 0
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "").replace("%", "%%")
         default = f.default if f.default is not dataclasses.MISSING else None
         argdefault = argparse.SUPPRESS if suppress else default
         if f.type in ("bool", bool):
-            group.add_argument(flag, action="store_true", default=argdefault, help=help_)
+            kw = {"action": "store_true", "help": help_}
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            group.add_argument(flag, type=typ, default=argdefault, help=f"{help_} (default: {default!r})")
+            shown = help_ if "(default:" in help_ else f"{help_} (default: {default!r})"
+            kw = {"type": typ, "help": shown}
+        if main is not None and f.name not in main and not FULL_HELP:
+            hidden += 1
+            kw["help"] = argparse.SUPPRESS
+        group.add_argument(flag, default=argdefault, **kw)
+    if hidden:
+        more = f"{hidden} more {title} options: --help-all."
+        parser.epilog = f"{parser.epilog} {more}" if parser.epilog else more
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
@@ -66,7 +82,11 @@ def config_command(module: str, config: str, run: str):
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; the commands of the half named by `argv`'s first word in full (both halves
     when `argv` is None), the others as one-line entries."""
-    p = argparse.ArgumentParser(prog="effort", description="Control how hard a reasoning model thinks.")
+    p = argparse.ArgumentParser(
+        prog="effort",
+        description="Control how hard a reasoning model thinks.",
+        epilog="`effort CMD --help` shows a command's main options, `effort CMD --help-all` all of them.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     words = [a for a in argv if not a.startswith("-")] if argv is not None else []
     wanted = {"server", "training"} if argv is None else {COMMANDS[w][0] for w in words[:1] if w in COMMANDS}
@@ -82,6 +102,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # set on the module the halves import (this file may be running as __main__)
+    importlib.import_module("effort_server.cli").FULL_HELP = "--help-all" in argv
+    argv = ["--help" if a == "--help-all" else a for a in argv]
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)

@@ -12,6 +12,20 @@ OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  #
 
 @dataclass
 class ServerSettings:
+    # the flags `effort ... --help` lists (all of them with --help-all)
+    HELP_MAIN = (
+        "host",
+        "port",
+        "adapters",
+        "default_effort",
+        "full_effort_tokens",
+        "router",
+        "upstream",
+        "api_key",
+        "log_level",
+        "config",
+    )
+
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=8000, metadata={"help": "port to bind"})
     served_model_name: str = field(

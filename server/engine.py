@@ -159,6 +159,9 @@ if hasattr(os, "register_at_fork"):
 
 @dataclass
 class EngineSettings:
+    # the flags `effort ... --help` lists (all of them with --help-all)
+    HELP_MAIN = ("model", "max_model_len", "dtype", "gpu_memory_utilization", "tensor_parallel_size")
+
     model: str = field(default="", metadata={"help": "model folder or id (default: the embedded model)"})
     max_model_len: int = field(default=1024, metadata={"help": "max tokens of prompt + completion"})
     dtype: str = field(

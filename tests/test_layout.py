@@ -1,5 +1,6 @@
 """The layout's promises: one import namespace, and a server that imports nothing of training."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -80,3 +81,56 @@ def test_docstrings_are_contracts_not_histories():
     """A docstring states a contract in at most 15 lines; history lives in docs/LOG.md."""
     long = {where: len(doc.splitlines()) for where, doc in _docstrings() if len(doc.splitlines()) > 15}
     assert not long, long
+
+
+COMMANDS = [
+    ["serve"],
+    ["bench", "serve"],
+    ["bench", "router"],
+    ["train", "base"],
+    ["train", "dler"],
+    ["train", "dler-da"],
+    ["train", "e1"],
+    ["merge"],
+    ["eval"],
+    ["router", "fit"],
+    ["router", "calibrate"],
+    ["report", "base"],
+    ["data"],
+]
+
+
+def _help(args: list[str]) -> str:
+    env = {"COLUMNS": "100", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-m", "effort_server.cli", *args], capture_output=True, text=True, cwd="/", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_help_is_short_and_help_all_lists_every_flag():
+    from effort_server.server.config import ServerSettings
+    from effort_server.server.engine import EngineSettings
+    from effort_server.training.recipes.e1 import E1Options
+
+    for cmd in COMMANDS:
+        short = _help([*cmd, "--help"])
+        assert len(short.splitlines()) <= 40, (cmd, len(short.splitlines()))
+    full_serve = _help(["serve", "--help-all"])
+    full_e1 = _help(["train", "e1", "--help-all"])
+    short_serve = _help(["serve", "--help"])
+    for cls, text in ((ServerSettings, full_serve), (EngineSettings, full_serve), (E1Options, full_e1)):
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "--max-queue" not in short_serve and "more server options: --help-all" in short_serve
+
+
+def test_hidden_flags_still_parse():
+    from effort_server.cli import build_parser
+
+    argv = ["train", "e1", "--warmup-min-steps", "7", "--anchor-short", "0.3"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.warmup_min_steps == 7 and args.anchor_short == "0.3"
+    argv = ["serve", "--max-queue", "5"]
+    assert build_parser(argv).parse_args(argv).max_queue == 5

@@ -39,6 +39,9 @@ QWEN2_PATTERN = (
 
 @dataclass
 class BaseModelConfig:
+    # the flags `effort ... --help` lists (all of them with --help-all)
+    HELP_MAIN = ("out", "minutes", "tokens", "max_steps", "init_from", "styles", "seed", "force")
+
     out: str = field(default="models/effort-tiny", metadata={"help": "output folder"})
     minutes: float = field(
         default=18.0,

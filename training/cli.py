@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from effort_server import cli as top
 from effort_server.cli import CliError, add_dataclass_args, config_command, dataclass_from_args
 
 
@@ -47,7 +48,7 @@ def add_commands(sub, names: list[str]) -> None:
         r = tsub.add_parser(
             kind,
             help=(cls.__doc__ or kind).strip().splitlines()[0],
-            description=cls.module_doc(),
+            description=cls.module_doc() if top.FULL_HELP else cls.module_doc().split("\n\n")[0],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_dataclass_args(r, RLConfig, f"{kind} (GRPO + LoRA)")

@@ -42,6 +42,23 @@ class TrainError(ValueError):
 class RLConfig:
     """Options every recipe shares (`effort train <recipe> --help`)."""
 
+    # the flags `effort ... --help` lists (all of them with --help-all)
+    HELP_MAIN = (
+        "model",
+        "task",
+        "out",
+        "name",
+        "force",
+        "resume",
+        "quick",
+        "max_steps",
+        "minutes",
+        "lr",
+        "lora_r",
+        "max_completion",
+        "seed",
+    )
+
     model: str = field(default="", metadata={"help": "base model folder (default: the embedded model)"})
     task: str = field(default="digits", metadata={"help": "task name (digits) or a JSONL file with question/answer"})
     out: str = field(default="", metadata={"help": "adapter folder to write (default: adapters/<name>)"})

@@ -124,6 +124,9 @@ def decision_weights(completions: list[list[int]], weight: float) -> list[list[f
 class E1Options:
     """e1's own options (`effort train e1 --help`, recorded in the manifest's hyper)."""
 
+    # the flags `effort ... --help` lists (all of them with --help-all)
+    HELP_MAIN = ("band",)
+
     band: float = field(default=0.3, metadata={"help": "reward band around r × T(x), as a fraction of T(x)"})
     warmup_min_steps: int = field(
         default=300, metadata={"help": "decision-weighted LoRA warm-up steps before GRPO, at least"}
