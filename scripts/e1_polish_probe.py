@@ -1,4 +1,4 @@
-"""Experiment: e1's anchor phase (`E1.polish`, as the recipe runs it) on a GRPO checkpoint (--src, an
+"""Experiment: e1's anchor phase (`E1.anchor`, as the recipe runs it) on a GRPO checkpoint (--src, an
 adapter folder such as runs/e1/checkpoint-N), then e1's calibration and the evaluation on 500 test
 prompts. Lets the anchor be changed and measured without re-running the warm-up and GRPO.
   .venv/bin/python scripts/e1_polish_probe.py --src runs/e1/checkpoint-19 --out runs/e1-polished
@@ -26,8 +26,9 @@ a = ap.parse_args()
 
 import torch
 from effort_server.server.engine import default_model
+from effort_server.training.context import Context
 from effort_server.training.recipes.e1 import CONTROL, E1
-from effort_server.training.rl import Context, RLConfig, load_problems
+from effort_server.training.rl import RLConfig, load_problems
 from effort_server.training.tasks import load_task
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,7 +67,7 @@ else:
     rec.t_ref = {pid: float(max(1, n)) for pid, n, _, _ in rec._complete(problems, 0.0, 1)}  # as prepare() measures it
     torch.set_num_threads(cfg.threads)
     print(f"T(x) of {len(rec.t_ref)} prompts ({time.time() - t0:.0f}s)", flush=True)
-    rec.polish(problems, lambda m: print(m, flush=True))
+    rec.anchor(problems, lambda m: print(m, flush=True))
     print(f"anchor {json.dumps(rec.anchor)} ({time.time() - t0:.0f}s)", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(str(out))

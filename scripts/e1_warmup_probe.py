@@ -30,6 +30,8 @@ from effort_server.training.recipes.e1 import CONTROL, GRID, relabel  # noqa: E4
 from effort_server.training.rl import LORA_TARGETS  # noqa: E402
 from effort_server.training.tasks import DigitsTask  # noqa: E402
 
+from effort_server.contract.prompt import render_chat  # noqa: E402
+
 
 def sample(a):
     from effort_server.training.evaluate import Evaluator
@@ -57,9 +59,7 @@ def sample(a):
 
 
 def _render(tok, question, effort):
-    return tok.apply_chat_template(
-        [{"role": "user", "content": CONTROL.render(question, effort)}], add_generation_prompt=True, tokenize=False
-    )
+    return render_chat(tok, question, control=CONTROL, value=effort)
 
 
 def warmup(a):
@@ -141,10 +141,7 @@ def measure(a):
     close = tok.convert_tokens_to_ids("</think>")
 
     def run(model, contents):
-        texts = [
-            tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=False)
-            for c in contents
-        ]
+        texts = [render_chat(tok, c) for c in contents]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             gen = model.generate(
@@ -165,7 +162,7 @@ def measure(a):
         f"base: accuracy {sum(c for _, c in full) / len(full):.3f}, mean reasoning {sum(n for n, _ in full) / len(full):.1f}"
     )
     for e in a.efforts:
-        r = run(tuned, [CONTROL.render(p.question, e) for p in probs])
+        r = run(tuned, [CONTROL.with_value(p.question, e) for p in probs])
         ratio = sum(n / max(1, f) for (n, _), (f, _) in zip(r, full)) / len(r)
         print(f"effort {e}: realised ratio {ratio:.3f}, accuracy {sum(c for _, c in r) / len(r):.3f}")
 

@@ -83,13 +83,14 @@ def qwen3_service(model_dir):
     model's byte-level tokenizer: the rendered text round-trips)."""
     from effort_server.server.config import ServerSettings
     from effort_server.server.engine import EngineSettings
-    from effort_server.server.service import Service, _has_thinking_switch
+    from effort_server.server.lifecycle import has_thinking_switch
+    from effort_server.server.service import Service
     from transformers import AutoTokenizer
 
     svc = Service(ServerSettings(router="none"), EngineSettings())
     svc.tokenizer = AutoTokenizer.from_pretrained(model_dir)
     svc.tokenizer.chat_template = QWEN3_TEMPLATE.read_text()
-    svc.template_switch = _has_thinking_switch(svc.tokenizer)
+    svc.template_switch = has_thinking_switch(svc.tokenizer)
     return svc
 
 

@@ -134,3 +134,40 @@ def test_hidden_flags_still_parse():
     assert args.warmup_min_steps == 7 and args.anchor_short == "0.3"
     argv = ["serve", "--max-queue", "5"]
     assert build_parser(argv).parse_args(argv).max_queue == 5
+
+
+def test_one_prompt_renderer():
+    """Only effort_server/contract/prompt.py calls the chat template (server, evaluator, RL use it)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    callers = sorted(
+        str(f.relative_to(repo))
+        for folder in ("effort_server", "server", "training", "scripts")
+        for f in (repo / folder).rglob("*.py")
+        if "apply_chat_template(" in f.read_text()
+    )
+    assert callers == ["effort_server/contract/prompt.py"]
+
+
+def test_control_goes_into_the_last_user_message(tokenizer):
+    from effort_server.contract.manifest import Control
+    from effort_server.contract.prompt import chat_ids, render_chat, with_control
+
+    c = Control(
+        kind="prompt-prefix", template="Think for effort {effort} of full.\n{prompt}", calibration=[(0, 0.2), (1, 1)]
+    )
+    msgs = [
+        {"role": "user", "content": "a1"},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "b2"},
+    ]
+    out = with_control(msgs, c, effort=0.5)
+    assert [m["content"] for m in out] == ["a1", "x", "Think for effort 0.60 of full.\nb2"]
+    assert msgs[2]["content"] == "b2"  # the caller's messages are untouched
+    assert with_control(msgs, c, value=0.5)[2]["content"].startswith("Think for effort 0.50 ")
+    assert with_control(msgs, None, effort=0.5) == msgs
+    assert with_control(msgs, Control(), effort=0.5) == msgs
+    text = render_chat(tokenizer, "b2", control=c, value=0.5)
+    assert text.endswith("Think for effort 0.50 of full.\nb2<|im_end|>\n<|im_start|>assistant\n"), text
+    assert chat_ids(tokenizer, "b2", control=c, value=0.5) == tokenizer.encode(text, add_special_tokens=False)

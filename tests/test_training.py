@@ -19,7 +19,7 @@ from effort_server.training.recipes.e1 import (
     reference_lengths,
     relabel,
 )
-from effort_server.training.rl import Rollout, group_keep_mask, parse_rollout
+from effort_server.training.rollouts import Rollout, group_keep_mask, parse_rollout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,7 +169,7 @@ def test_decision_weights_mark_where_paths_part(completions, want):
 
 def test_sft_loss_is_the_weighted_mean_of_completion_token_losses(model_dir):
     import torch
-    from effort_server.training.rl import Context
+    from effort_server.training.context import Context
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -208,8 +208,8 @@ def test_control_applies_calibration():
     c = Control.model_validate({**CONTROL.model_dump(), "calibration": [[0.2, 0.1], [0.6, 0.5], [1.0, 1.0]]})
     assert c.value_for(0.4) == pytest.approx(0.3)
     assert c.value_for(0.05) == 0.1 and c.value_for(1.0) == 1.0
-    assert c.apply("a1 b2", 0.4).startswith("Think for effort 0.30 of full.\n")
-    assert CONTROL.apply("a1 b2", 0.4).startswith("Think for effort 0.40 of full.\n")  # no calibration = identity
+    assert c.for_effort("a1 b2", 0.4).startswith("Think for effort 0.30 of full.\n")
+    assert CONTROL.for_effort("a1 b2", 0.4).startswith("Think for effort 0.40 of full.\n")  # no calibration = identity
 
 
 def test_mixing_control_serves_an_effort_between_two_paths_as_a_per_prompt_mixture():
@@ -233,7 +233,7 @@ def test_mixing_control_serves_an_effort_between_two_paths_as_a_per_prompt_mixtu
     for p in prompts[:200]:  # per prompt: the same control every time, never lower for a higher effort
         seq = [c.value_for(e / 20, p) for e in range(21)]
         assert seq == sorted(seq) and seq == [c.value_for(e / 20, p) for e in range(21)]
-    assert c.apply("a1 b2", 0.1).startswith("Think for effort 0.20 of full.\n")
+    assert c.for_effort("a1 b2", 0.1).startswith("Think for effort 0.20 of full.\n")
 
 
 @pytest.mark.parametrize(

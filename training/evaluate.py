@@ -21,6 +21,8 @@ from pathlib import Path
 
 from effort_server.server.engine import EngineSettings
 
+from effort_server.contract.prompt import chat_ids
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -165,11 +167,7 @@ class Evaluator:
 
     def prompt_ids(self, question: str, manifest=None, effort: float = 1.0) -> list[int]:
         """The chat prompt; an adapter with an effort control gets `effort` written in."""
-        content = manifest.control.apply(question, effort) if manifest is not None else question
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return chat_ids(self.tokenizer, question, control=manifest.control if manifest else None, effort=effort)
 
     def generate(
         self,

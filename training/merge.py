@@ -79,8 +79,9 @@ def lora_deltas(peft_model) -> dict[str, "object"]:
 
 def merge(cfg: MergeConfig, log=print) -> Path:
     import torch
+    from effort_server.training.artefacts import save_adapter, staged_folder
     from effort_server.training.evaluate import lookup_adapter
-    from effort_server.training.rl import eval_full, save_adapter, staged_folder
+    from effort_server.training.rl import eval_full
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 

@@ -1,30 +1,29 @@
-"""The machinery every RL recipe shares: TRL's ``GRPOTrainer`` + a peft LoRA, with
+"""The trainer every RL recipe shares: TRL's ``GRPOTrainer`` + a peft LoRA.
 
-- one parse of each completion (`Rollout`: reasoning tokens by the server's own counter,
-  truncation, correctness by the task's verifier) that every reward reads;
-- dynamic sampling (`group_keep_mask`): prompt groups whose rewards are all equal carry no
-  signal; their completions leave the loss (and its token normaliser) — TRL lacks this;
-- a per-step JSONL log (reward, accuracy, mean length, entropy, fraction of groups dropped) and a
-  PNG of the curves, the rollouts (prompt id, effort, length, correct) as JSONL, resumable
-  checkpoints carrying the recipe's own running state, and a wall-clock cap;
-- the adapter folder written atomically (a hidden staging folder renamed into place) with its
-  manifest, after an evaluation through vLLM (the serving engine).
-
-A recipe (``training/recipes/``) supplies the rewards, the prompt rows and its running state.
+`train_recipe` runs a `Recipe` (``training/recipes/``: rewards, prompt rows, running state) with
+dynamic sampling (`rollouts.group_keep_mask`), a per-step JSONL log and curves, the rollouts as
+JSONL, resumable checkpoints carrying the recipe's state and a wall-clock cap; then evaluates the
+adapter through vLLM and writes its folder atomically with its manifest (`artefacts`).
+Inputs: `RLConfig` (the flags of `effort train <recipe>`) and the recipe's options; output: the
+adapter folder. `Context` (context.py) is what a recipe reads besides the trainer.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+from effort_server.contract.manifest import model_hash
+
+from .artefacts import LOG_KEYS, append_jsonl, package_version, plot_curves, read_jsonl, save_adapter, staged_folder
+from .context import Context
+from .rollouts import Rollout, group_keep_mask, parse_rollout
 
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 LR_SCHEDULES = {
@@ -123,53 +122,6 @@ class RLConfig:
                     setattr(self, k, v)
 
 
-# --- completions ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rollout:
-    """One completion as every reward sees it."""
-
-    prompt_id: str
-    effort: float
-    completion_tokens: int
-    reasoning_tokens: int
-    closed: bool  # the thinking was closed by the end marker
-    truncated: bool  # stopped by the token cap, not by end-of-sequence
-    correct: bool  # closed and the answer verifies
-
-
-def parse_rollout(ids: list[int], problem, task, tokenizer, markers, cap: int, effort: float = 1.0) -> Rollout:
-    """`ids`: the generated ids (TRL keeps the end-of-sequence id when one was generated)."""
-    from effort_server.contract.markers import split_ids
-
-    ended = bool(ids) and ids[-1] in markers.eos
-    sp = split_ids(list(ids), markers)
-    correct = False
-    if sp.closed:
-        text = tokenizer.decode(list(sp.answer_ids), skip_special_tokens=True)
-        correct = bool(task.grade(text, problem))
-    return Rollout(
-        problem.id,
-        effort,
-        len(ids),
-        sp.reasoning_tokens,
-        sp.closed,
-        truncated=not ended and len(ids) >= cap,
-        correct=correct,
-    )
-
-
-def group_keep_mask(rewards: list[float], group: int, tol: float = 1e-6) -> list[bool]:
-    """Dynamic sampling: per completion, False when every reward of its prompt group is equal.
-    Completions of one prompt are adjacent, `group` at a time."""
-    if group < 1 or len(rewards) % group:
-        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
-    keep: list[bool] = []
-    for i in range(0, len(rewards), group):
-        g = rewards[i : i + group]
-        keep += [max(g) - min(g) > tol] * group
-    return keep
-
-
 # --- the trainer ---------------------------------------------------------------------------
 def _trainer_class():
     import torch
@@ -208,7 +160,7 @@ class Recipe:
     kind = "other"
     control = None  # effort_server.contract.manifest.Control for prompt-controlled effort (e1)
     evaluator = None  # a vLLM Evaluator the recipe opened in prepare(); the evaluation reuses it
-    reserve_s = 0.0  # seconds of the --minutes cap kept for polish() after GRPO
+    reserve_s = 0.0  # seconds of the --minutes cap kept for after_grpo()
     Options = None  # a dataclass of the recipe's own options: flags of `effort train <recipe>`, in hyper
 
     @classmethod
@@ -245,8 +197,8 @@ class Recipe:
     def reward(self, rollouts: list[Rollout]) -> list[float]:
         raise NotImplementedError
 
-    def polish(self, problems, log=print) -> None:
-        """Run once after GRPO, before the adapter is saved (e1's anchor); `ctx.model` is the
+    def after_grpo(self, problems, log=print) -> None:
+        """Run once after GRPO, before the adapter is saved (e1: its anchor); `ctx.model` is the
         trained peft model."""
 
     def state(self) -> dict:
@@ -309,178 +261,6 @@ class Recipe:
         return effort_reward
 
 
-@dataclass
-class Context:
-    """What recipes read: the task, problems by id, the tokenizer and the think markers."""
-
-    task: Any
-    problems: dict
-    tokenizer: Any
-    markers: Any
-    max_completion: int
-    model: Any = None  # the peft model being trained
-
-    def render(self, content: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-
-    def greedy(
-        self, problems, contents: list[str] | None = None, batch: int = 64, temperature: float = 0.0
-    ) -> dict[str, tuple[Rollout, list[int]]]:
-        """Per problem id: the greedy rollout of the current model (HF generate) and its ids
-        (`temperature` > 0: one sample instead)."""
-        import torch
-
-        tok, model = self.tokenizer, self.model
-        side = tok.padding_side
-        tok.padding_side = "left"
-        out: dict[str, tuple[Rollout, list[int]]] = {}
-        was_training = model.training
-        model.eval()
-        try:
-            for i in range(0, len(problems), batch):
-                chunk = problems[i : i + batch]
-                texts = [
-                    self.render(c) for c in (contents[i : i + batch] if contents else [p.question for p in chunk])
-                ]
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                with torch.no_grad():
-                    sampling = (
-                        dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-                        if temperature > 0
-                        else dict(do_sample=False)
-                    )
-                    gen = model.generate(
-                        **enc,
-                        max_new_tokens=self.max_completion,
-                        **sampling,
-                        pad_token_id=tok.pad_token_id,
-                        eos_token_id=tok.eos_token_id,
-                    )
-                for p, row in zip(chunk, gen[:, enc["input_ids"].shape[1] :].tolist()):
-                    if tok.eos_token_id in row:
-                        row = row[: row.index(tok.eos_token_id) + 1]
-                    out[p.id] = (parse_rollout(row, p, self.task, tok, self.markers, self.max_completion), row)
-        finally:
-            tok.padding_side = side
-            model.train(was_training)
-        return out
-
-    def sft(
-        self,
-        pairs: list[tuple],
-        steps: int,
-        lr: float = 1e-3,
-        batch: int = 32,
-        seed: int = 0,
-        log=print,
-        done=None,
-        check_from: int = 0,
-        check_every: int = 50,
-    ) -> float:
-        """Supervised steps on the trainable (LoRA) parameters: (prompt text, completion ids[,
-        per-token weights]) → loss on the completion only, the weighted mean of the token losses
-        (weights default to 1). Returns the last loss.
-
-        `done(step)`, when given, is asked after step `check_from` and every `check_every` steps
-        after it; training stops early when it returns True (`steps` is then the most taken)."""
-        import torch
-        from effort_server.training.base_model import _pad
-
-        tok, model = self.tokenizer, self.model
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        rng = random.Random(seed)
-        model.train()
-        loss = torch.tensor(0.0)
-        p_cache: dict[str, list[int]] = {}
-        for step in range(steps):
-            chunk = rng.sample(pairs, min(batch, len(pairs)))
-            ids, labels, weights = [], [], []
-            for prompt, completion, *w in chunk:
-                p_ids = p_cache.setdefault(prompt, tok(prompt, add_special_tokens=False)["input_ids"])
-                ids.append(p_ids + completion)
-                labels.append([-100] * len(p_ids) + completion)
-                weights.append([0.0] * len(p_ids) + list(w[0] if w else [1.0] * len(completion)))
-            x, y, mask = _pad(ids, labels, tok.pad_token_id)
-            wt = torch.zeros(x.shape)
-            for i, w in enumerate(weights):
-                wt[i, : len(w)] = torch.tensor(w)
-            logits = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, :-1]
-            ce = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                y[:, 1:].reshape(-1).to(model.device),
-                ignore_index=-100,
-                reduction="none",
-            ).view(x.shape[0], -1)
-            wt = wt[:, 1:].to(model.device)
-            loss = (ce * wt).sum() / wt.sum().clamp_min(1e-8)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = step + 1
-            if n % 20 == 0:
-                log(f"warm-up step {n}/{steps}: loss {loss.item():.4f}")
-            if done is not None and n >= check_from and (n - check_from) % check_every == 0 and n < steps:
-                if done(n):
-                    break
-        return float(loss.item())
-
-
-# --- files ---------------------------------------------------------------------------------
-def _write_jsonl(path: Path, rows: list[dict], mode: str = "a") -> None:
-    with path.open(mode) as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-LOG_KEYS = {
-    "reward": "reward",
-    "accuracy": "accuracy",
-    "mean_length": "completions/mean_length",
-    "mean_reasoning": "mean_reasoning",
-    "entropy": "entropy",
-    "groups_dropped": "groups_dropped",
-    "truncated": "truncated",
-    "kl": "kl",
-    "loss": "loss",
-    "lr": "learning_rate",
-}
-
-
-def plot_curves(log_rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("reward", "accuracy"), ("mean_reasoning", "mean_length"), ("entropy",), ("groups_dropped", "truncated")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.2), dpi=100)
-    steps = [r["step"] for r in log_rows]
-    for ax, keys in zip(axes, panels):
-        for k in keys:
-            ys = [r.get(k) for r in log_rows]
-            pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=1)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def _callbacks(recipe: Recipe, run_dir: Path, cfg: RLConfig, t_start: float, prior_wall: float, title: str):
     from transformers import TrainerCallback
 
@@ -494,7 +274,7 @@ def _callbacks(recipe: Recipe, run_dir: Path, cfg: RLConfig, t_start: float, pri
             for k, src in [*LOG_KEYS.items(), *((k, k) for k in recipe.extra_metrics)]:
                 if src in logs:
                     row[k] = round(float(logs[src]), 5)
-            _write_jsonl(log_path, [row])
+            append_jsonl(log_path, [row])
 
         def on_step_end(self, args, state, control, **kw):
             if prior_wall + time.time() - t_start > cfg.minutes * 60 - recipe.reserve_s:
@@ -514,42 +294,11 @@ def _callbacks(recipe: Recipe, run_dir: Path, cfg: RLConfig, t_start: float, pri
                 tmp.replace(ckpt / "effort_state.json")
 
         def on_train_end(self, args, state, control, **kw):
-            rows = _read_jsonl(log_path)
+            rows = read_jsonl(log_path)
             if rows:
                 plot_curves(rows, run_dir / "curves.png", title)
 
     return [EffortCallback()]
-
-
-@contextmanager
-def staged_folder(out: Path):
-    """A hidden staging folder beside `out`, renamed into place when the block succeeds and
-    removed when it fails: a reader never sees a half-written adapter."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        yield stage
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            shutil.rmtree(trash)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def save_adapter(model, folder: Path, **kw) -> None:
-    """`model.save_pretrained` without peft's boilerplate model card, and with the LoRA target
-    modules sorted (peft writes them from a set, so the same run wrote them in another order
-    each time)."""
-    model.save_pretrained(str(folder), **kw)
-    (folder / "README.md").unlink(missing_ok=True)
-    cfg_path = folder / "adapter_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    if isinstance(cfg.get("target_modules"), list):
-        cfg["target_modules"] = sorted(cfg["target_modules"])
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def _check_targets(model, targets: list[str]) -> None:
@@ -665,8 +414,8 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         prior_wall = float(st.get("wall_s", 0.0))
         step = int(ckpt.name.split("-")[-1])
         # keep what the checkpoint had seen: rollouts generated before step `step`, logs up to it
-        _write_jsonl(rollouts_path, [r for r in _read_jsonl(rollouts_path) if r["step"] < step], mode="w")
-        _write_jsonl(log_path, [r for r in _read_jsonl(log_path) if r["step"] <= step], mode="w")
+        append_jsonl(rollouts_path, [r for r in read_jsonl(rollouts_path) if r["step"] < step], mode="w")
+        append_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= step], mode="w")
         log(f"resuming from {ckpt} (step {step}, {prior_wall / 60:.1f} min trained before)")
         start = run_dir / "start-adapter" / "adapter_model.safetensors"
         if start.is_file():  # the KL reference is a copy of the adapter as GRPO first saw it (e1's warm-up)
@@ -678,7 +427,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
         )
         recipe.prepare(problems, log)
         model.save_pretrained(str(run_dir / "start-adapter"))  # what GRPO starts from (and its KL reference)
-    recipe.rollout_sink = lambda rows: _write_jsonl(rollouts_path, rows)
+    recipe.rollout_sink = lambda rows: append_jsonl(rollouts_path, rows)
 
     from datasets import Dataset
 
@@ -730,7 +479,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
     trainer.recipe = recipe
     trainer.dynamic_sampling = not cfg.no_dynamic_sampling
     if ckpt is not None and step >= cfg.max_steps:
-        # the run had taken all its steps (it stopped after them: in the polish or the evaluation);
+        # the run had taken all its steps (it stopped after them: in after_grpo or the evaluation);
         # the trainer, resumed there, would take one step more before it checks max_steps
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
         log(f"{ckpt.name} is at --max-steps {cfg.max_steps}: no more steps")
@@ -738,7 +487,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
     else:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         steps = trainer.state.global_step
-    recipe.polish(problems, log)
+    recipe.after_grpo(problems, log)
     wall = prior_wall + time.time() - t_start
 
     # -- the adapter, staged in a hidden sibling folder, then renamed into place -------------
@@ -766,8 +515,8 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
                 "wall_time_s": round(wall, 1),
                 "hyper": {**_hyper(cfg), **recipe.hyper(), **(asdict(recipe.options) if recipe.options else {})},
                 "max_completion": cap,
-                "trl": _version("trl"),
-                "peft": _version("peft"),
+                "trl": package_version("trl"),
+                "peft": package_version("peft"),
             },
         )
         manifest.write(stage)
@@ -827,25 +576,3 @@ def _hyper(cfg: RLConfig) -> dict:
         "warmup_steps",
     )
     return {k: getattr(cfg, k) for k in keep}
-
-
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    try:
-        return version(pkg)
-    except Exception:
-        return "?"
-
-
-def model_hash(model_path: str | Path) -> str:
-    """sha256 (first 16 hex) of the model's weights file(s): which base an adapter was trained on."""
-    import hashlib
-
-    h = hashlib.sha256()
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    for f in files:
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16] if files else "unknown"

@@ -97,15 +97,15 @@ class Control(BaseModel):
                 return c0 + t * (c1 - c0)
         return pts[-1][1]
 
-    def render(self, prompt: str, value: float) -> str:
+    def with_value(self, prompt: str, value: float) -> str:
         """The prompt carrying control value `value` as is (no calibration)."""
         if self.kind == "none":
             return prompt
         return self.template.format(prompt=prompt, effort=self.effort_format.format(value))
 
-    def apply(self, prompt: str, effort: float) -> str:
+    def for_effort(self, prompt: str, effort: float) -> str:
         """The prompt for a requested effort (through the calibration)."""
-        return self.render(prompt, self.value_for(effort, prompt))
+        return self.with_value(prompt, self.value_for(effort, prompt))
 
 
 def _unit(key: str) -> float:
@@ -120,3 +120,15 @@ class AdapterManifest(_Manifest):
     control: Control = Field(default_factory=Control)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
+
+
+def model_hash(model_path: str | Path) -> str:
+    """sha256 (first 16 hex) of the model's weights file(s): which base an adapter was trained on."""
+
+    h = hashlib.sha256()
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16] if files else "unknown"

@@ -21,6 +21,8 @@ class Markers:
     start: tuple[int, ...]
     end: tuple[int, ...]
     eos: frozenset[int]
+    start_text: str = "<think>"
+    end_text: str = "</think>"
 
     @classmethod
     def from_tokenizer(cls, tokenizer, think_start: str, think_end: str) -> "Markers":
@@ -29,7 +31,7 @@ class Markers:
         if not start or not end:
             raise ValueError(f"think markers {think_start!r}/{think_end!r} do not tokenize")
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        return cls(start, end, frozenset(eos))
+        return cls(start, end, frozenset(eos), think_start, think_end)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-from effort_server.training.rl import Recipe, Rollout
+from effort_server.training.rl import Recipe
+from effort_server.training.rollouts import Rollout
 
 
 def dler_reward(r: Rollout, limit: int | None = None) -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from effort_server.training.rl import Rollout
+from effort_server.training.rollouts import Rollout
 
 from .dler import DLER, dler_reward
 

@@ -9,7 +9,7 @@ mapping a requested effort to a control value.
 - After training, a calibration through vLLM stores where the realised ratio rises, so a request
   for effort r realises about r of T(x).
 Departures: a warm-up before GRPO (the base's own samples relabelled with the efforts they fit,
-loss weighted on the stop decisions), and an anchor after it (`E1.polish`: supervised steps on
+loss weighted on the stop decisions), and an anchor after it (`E1.anchor`: supervised steps on
 the base's full paths and the adapter's own correct short ones, each under its control).
 The design notes and the runs behind each choice: docs/LOG.md.
 """
@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from effort_server.training.rl import Recipe, Rollout
+from effort_server.training.rl import Recipe
+from effort_server.training.rollouts import Rollout
 
 from effort_server.contract.manifest import Control
 from effort_server.contract.markers import split_ids
@@ -214,7 +215,7 @@ class E1(Recipe):
         self.t_ref: dict[str, float] = {}
         self.sampled: set[str] = set()  # prompts whose T(x) comes from samples (GRPO trains on these)
         self.warmup: dict = {}
-        self.anchor: dict = {}
+        self.anchor_info: dict = {}
 
     def hyper(self) -> dict:
         reference = (
@@ -227,7 +228,7 @@ class E1(Recipe):
             "effort_grid": [GRID[0], GRID[-1]],
             "reference": reference,
             "warmup": self.warmup,
-            "anchor": self.anchor,
+            "anchor": self.anchor_info,
         }
 
     def rows(self, problems) -> list[dict]:
@@ -235,7 +236,7 @@ class E1(Recipe):
         rows = []
         for p in [p for p in problems if p.id in self.sampled] if self.sampled else problems:
             e = rng.choice(GRID)
-            rows.append({"prompt": self.ctx.render(CONTROL.render(p.question, e)), "prompt_id": p.id, "effort": e})
+            rows.append({"prompt": self.ctx.render(p.question, CONTROL, e), "prompt_id": p.id, "effort": e})
         return rows
 
     def prepare(self, problems, log=print) -> None:
@@ -277,7 +278,7 @@ class E1(Recipe):
         for pid, items in by_prompt.items():
             question = self.ctx.problems[pid].question
             for (e, t), w in zip(items, decision_weights([t for _, t in items], self.decision_weight)):
-                bins.setdefault(e, []).append((self.ctx.render(CONTROL.render(question, e)), t, w))
+                bins.setdefault(e, []).append((self.ctx.render(question, CONTROL, e), t, w))
         rng = random.Random(self.cfg.seed + 11)
         per = max((len(v) for v in bins.values()), default=0)
         pairs = [x for v in bins.values() for x in v + rng.choices(v, k=per - len(v))]
@@ -287,7 +288,9 @@ class E1(Recipe):
         def measure() -> dict:  # greedy (HF) on the probe prompts at efforts 0.25 and 1.0
             out = {}
             for e in (0.25, 1.0):
-                rs = [r for r, _ in self.ctx.greedy(probe, [CONTROL.render(p.question, e) for p in probe]).values()]
+                rs = [
+                    r for r, _ in self.ctx.greedy(probe, [CONTROL.with_value(p.question, e) for p in probe]).values()
+                ]
                 out[str(e)] = {
                     "accuracy": sum(r.correct for r in rs) / len(rs),
                     "ratio": sum(r.reasoning_tokens / self.t_ref[r.prompt_id] for r in rs) / len(rs),
@@ -386,7 +389,10 @@ class E1(Recipe):
             out.append((r["id"], r["reasoning_tokens"], r["correct"] and r["finish_reason"] == "stop", t))
         return out
 
-    def polish(self, problems, log=print) -> None:
+    def after_grpo(self, problems, log=print) -> None:
+        self.anchor(problems, log)
+
+    def anchor(self, problems, log=print) -> None:
         """The anchor: a few low-lr supervised steps after GRPO that pull full effort back onto the
         base's own path while keeping what GRPO taught the lower efforts.
 
@@ -423,11 +429,11 @@ class E1(Recipe):
             "e1 anchor replay, mean length ratio by control: " + ", ".join(f"{k}:{v}" for k, v in replay_ratio.items())
         )
         q = {p.id: p.question for p in probs}
-        pairs = [(self.ctx.render(CONTROL.render(q[pid], rng.choice((0.95, 1.0)))), ids) for pid, ids in full]
-        pairs += [(self.ctx.render(CONTROL.render(q[pid], e)), ids) for pid, e, ids in own + short]
+        pairs = [(self.ctx.render(q[pid], CONTROL, rng.choice((0.95, 1.0))), ids) for pid, ids in full]
+        pairs += [(self.ctx.render(q[pid], CONTROL, e), ids) for pid, e, ids in own + short]
         steps = 2 if quick else self.anchor_steps
         loss = self.ctx.sft(pairs, steps=steps, lr=self.anchor_lr, seed=self.cfg.seed + 17, log=log) if pairs else 0.0
-        self.anchor = {
+        self.anchor_info = {
             "steps": steps,
             "lr": self.anchor_lr,
             "prompts": len(probs),
@@ -482,7 +488,7 @@ class E1(Recipe):
         saved to a temporary folder; `--quick` uses HF generate."""
         eos = self.ctx.tokenizer.eos_token_id
         if self.cfg.quick:
-            got = self.ctx.greedy(problems, [CONTROL.render(p.question, e) for p, e in zip(problems, efforts)])
+            got = self.ctx.greedy(problems, [CONTROL.with_value(p.question, e) for p, e in zip(problems, efforts)])
             return [
                 (p.id, e, got[p.id][1])
                 for p, e in zip(problems, efforts)
