@@ -102,8 +102,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # set on the module the halves import (this file may be running as __main__)
-    importlib.import_module("effort_server.cli").FULL_HELP = "--help-all" in argv
+    global FULL_HELP
+    FULL_HELP = "--help-all" in argv
     argv = ["--help" if a == "--help-all" else a for a in argv]
     args = build_parser(argv).parse_args(argv)
     try:
@@ -116,5 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m effort_server.cli`: run the module the halves import, not a copy
+    from effort_server.cli import main as _main
+
+    sys.exit(_main())

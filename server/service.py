@@ -162,9 +162,9 @@ class Service:
         deltas = bool(req.stream or stop)
         vocab = len(self.tokenizer)
         params = sampling.sampling_params(req, decision, limit or room, n_logprobs, deltas, constraint, vocab)
-        field = None
+        constraint_field = None
         if constraint is not None:
-            field = "structured_outputs" if req.structured_outputs is not None else "response_format"
+            constraint_field = "structured_outputs" if req.structured_outputs is not None else "response_format"
         return Prepared(
             prompt_ids,
             decision,
@@ -176,7 +176,7 @@ class Service:
             text,
             (arrived or t0) + s.request_timeout,
             n_logprobs,
-            field,
+            constraint_field,
             stop,
             req.show_reasoning(),
         )
@@ -240,13 +240,13 @@ class Service:
                 self.admission.release(ticket)
         return respond(p, choices, *self.accounting.account(api, p, choices, ttft))
 
-    async def _sse(self, api: str, req, p: Prepared, opening, chunks, final) -> AsyncIterator[str]:
-        """An SSE stream: `opening` lines, `chunks(i, r, a, finish, lp)` per piece, then the
+    async def _sse(self, api: str, req, p: Prepared, opening: list[str], chunks, final) -> AsyncIterator[str]:
+        """An SSE stream: the `opening` lines, `chunks(i, r, a, finish, lp)` per piece, then the
         `final(usage, report)` chunk (usage only with stream_options.include_usage) and [DONE]."""
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         choices = {i: Choice() for i in range(p.params.n)}
         timing: dict = {}
-        for line in opening(choices):
+        for line in opening:
             yield line
         async for piece in self.generation.pieces(p, choices, timing):
             for line in chunks(*piece):
@@ -302,7 +302,7 @@ class Service:
                     id=rid, created=created, model=p.model_name, choices=[], usage=usage, effort=report
                 )
 
-            opening = lambda choices: [w.chat(i, role="assistant", content="") for i in choices]  # noqa: E731
+            opening = [w.chat(i, role="assistant", content="") for i in range(p.params.n)]
             return self._sse("chat", req, p, opening, chunks, final)
 
         return await self._serve("chat", req, self._chat_prompt(req), False, text, http_request, respond, stream)
@@ -349,7 +349,7 @@ class Service:
                     id=rid, created=created, model=p.model_name, choices=[], usage=usage, effort=report
                 )
 
-            opening = lambda choices: [w.completion(i, prefix) for i in choices] if prefix else []  # noqa: E731
+            opening = [w.completion(i, prefix) for i in range(p.params.n)] if prefix else []
             return self._sse("completions", req, p, opening, chunks, final)
 
         return await self._serve("completions", req, build, in_think, text, http_request, respond, stream)
