@@ -171,3 +171,19 @@ def test_control_goes_into_the_last_user_message(tokenizer):
     text = render_chat(tokenizer, "b2", control=c, value=0.5)
     assert text.endswith("Think for effort 0.50 of full.\nb2<|im_end|>\n<|im_start|>assistant\n"), text
     assert chat_ids(tokenizer, "b2", control=c, value=0.5) == tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_document_links_resolve():
+    """Every relative link in the README and docs/ names a file that exists (links are relative to their page)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    broken = []
+    for md in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            if not (md.parent / target.split("#")[0]).exists():
+                broken.append(f"{md.name}: {target}")
+    assert broken == []

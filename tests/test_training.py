@@ -76,6 +76,17 @@ def test_da_default_limit_pays_the_terse_chain_on_a_solved_prompt():
         assert terse <= da_limit(78, 1.0, plain) < plain
 
 
+def test_dler_limit_from_limit_frac():
+    """L = limit_frac x the base's full-effort reasoning + 8; dler-da shares the option."""
+    from effort_server.training.recipes.dler import DLER, DlerOptions
+    from effort_server.training.recipes.dler_da import DLERDA, DlerDaOptions
+
+    assert DLER.default_cap(200) == 118
+    assert DLER.default_cap(120) == 74  # the shipped adapters' L
+    assert DLER.default_cap(200, DlerOptions(limit_frac=0.3)) == 68
+    assert DLERDA.default_cap(200, DlerDaOptions(limit_frac=1.0)) == 208
+
+
 def test_running_average():
     assert update_running(None, 0.25) == 0.25
     assert update_running(0.25, 1.0) == pytest.approx(0.625)
@@ -433,6 +444,8 @@ def test_kill_and_resume_loses_at_most_one_save_interval(tmp_path, model_dir):
         (["train", "dler", "--quick", "--generations", "1"], "--generations"),
         (["train", "dler", "--quick", "--lr-schedule", "step"], "--lr-schedule"),
         (["train", "dler", "--resume", "--run-dir", "{empty}"], "no checkpoint"),
+        (["train", "dler", "--quick", "--limit-frac", "0"], "--limit-frac"),
+        (["train", "dler-da", "--quick", "--limit-frac", "-1"], "--limit-frac"),
         (["merge", "--adapter", "nope"], "unknown adapter"),
         (["merge", "--adapter", "{noisy}", "--keep", "0"], "--keep"),
     ],

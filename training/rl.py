@@ -86,7 +86,9 @@ class RLConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_targets: str = field(default=LORA_TARGETS, metadata={"help": "comma list of module names to adapt"})
     temperature: float = field(default=1.0, metadata={"help": "rollout temperature"})
-    max_completion: int = field(default=0, metadata={"help": "rollout token cap (0 = the recipe's default)"})
+    max_completion: int = field(
+        default=0, metadata={"help": "rollout token cap, DLER's limit L (0 = the recipe's default)"}
+    )
     beta: float = field(default=0.04, metadata={"help": "KL coefficient to the base (0 = no reference pass)"})
     epsilon: float = field(default=0.2, metadata={"help": "PPO clip, lower side"})
     epsilon_high: float = field(default=0.28, metadata={"help": "PPO clip, upper side (clip-higher)"})
@@ -170,7 +172,7 @@ class Recipe:
         return (sys.modules[cls.__module__].__doc__ or "").strip()
 
     @classmethod
-    def default_cap(cls, full_effort_tokens: int) -> int:
+    def default_cap(cls, full_effort_tokens: int, options=None) -> int:
         """Rollout token cap when --max-completion is not given: room for twice the base's
         mean full-effort reasoning (its long prompts run ~1.5× the mean) and the answer."""
         return 2 * full_effort_tokens + 16
@@ -390,7 +392,7 @@ def train_recipe(recipe_cls: type[Recipe], cfg: RLConfig, log=print, options=Non
     except Exception:
         think, full = ("<think>", "</think>"), 512
     markers = Markers.from_tokenizer(tok, *think)
-    cap = cfg.max_completion or recipe_cls.default_cap(full)
+    cap = cfg.max_completion or recipe_cls.default_cap(full, options)
     peft_cfg = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM"
     )

@@ -13,6 +13,7 @@ The runs behind each choice: docs/LOG.md.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from effort_server.training.rl import Recipe
 from effort_server.training.rollouts import Rollout
@@ -25,19 +26,34 @@ def dler_reward(r: Rollout, limit: int | None = None) -> float:
     return 1.0 if r.closed else 0.1
 
 
+@dataclass
+class DlerOptions:
+    """DLER's own option (`effort train dler --help`); `--max-completion N` sets L to N directly."""
+
+    limit_frac: float = field(
+        default=0.55,
+        metadata={"help": "truncation limit L = this × the base's mean full-effort reasoning + 8 tokens"},
+    )
+
+    def __post_init__(self):
+        if not 0 < self.limit_frac <= 4:
+            raise ValueError(f"--limit-frac must be in (0, 4], not {self.limit_frac}")
+
+
 class DLER(Recipe):
     """DLER: truncation length penalty, batch-normalised GRPO, clip-higher, dynamic sampling."""
 
     kind = "dler"
-    limit_frac = 0.55
+    Options = DlerOptions
 
     @classmethod
-    def default_cap(cls, full_effort_tokens: int) -> int:
+    def default_cap(cls, full_effort_tokens: int, options=None) -> int:
         """L = limit_frac × the base's mean full-effort reasoning + 8 tokens (markers, answer)."""
-        return max(8, math.ceil(cls.limit_frac * full_effort_tokens) + 8)
+        frac = (options or cls.Options()).limit_frac
+        return max(8, math.ceil(frac * full_effort_tokens - 1e-9) + 8)
 
     def hyper(self) -> dict:
-        return {"truncation_limit": self.ctx.max_completion, "limit_frac": self.limit_frac}
+        return {"truncation_limit": self.ctx.max_completion}
 
     def reward(self, rollouts: list[Rollout]) -> list[float]:
         return [dler_reward(r) for r in rollouts]

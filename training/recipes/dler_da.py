@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from effort_server.training.rollouts import Rollout
 
-from .dler import DLER, dler_reward
+from .dler import DLER, DlerOptions, dler_reward
 
 
 def da_limit(
@@ -45,8 +45,8 @@ def update_running(prev: float | None, value: float | None, keep: float = 0.5) -
 
 
 @dataclass
-class DlerDaOptions:
-    """dler-da's own options (`effort train dler-da --help`)."""
+class DlerDaOptions(DlerOptions):
+    """dler-da's own options (`effort train dler-da --help`), DLER's limit among them."""
 
     shrink: float = field(
         default=0.93, metadata={"help": "easy prompts are cut at this × their own short correct length"}
@@ -59,6 +59,7 @@ class DlerDaOptions:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.shrink <= 1:
             raise ValueError(f"--shrink must be in (0, 1], not {self.shrink}")
         if not 0 <= self.p_ref < self.p_full <= 1:
