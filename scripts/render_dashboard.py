@@ -32,11 +32,12 @@ def main() -> None:
     ap.add_argument("--prometheus", required=True)
     ap.add_argument("--out", default=str(REPO / "deploy" / "grafana" / "dashboard.png"))
     ap.add_argument("--minutes", type=float, default=5)
+    ap.add_argument("--end", type=float, default=None, help="unix time the window ends (default: now)")
     ap.add_argument("--rate", default="30s", help="what $__rate_interval becomes")
     args = ap.parse_args()
     dash = json.loads((REPO / "deploy" / "grafana" / "effort.json").read_text())
     panels = dash["panels"]
-    end = time.time()
+    end = args.end or time.time()
     start = end - 60 * args.minutes
     rows = math.ceil(len(panels) / 2)
     fig, axes = plt.subplots(rows, 2, figsize=(14, 2.6 * rows), dpi=90)
@@ -63,7 +64,7 @@ def main() -> None:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle("effort-server (deploy/grafana/effort.json, data from Prometheus)", color="#ccccdc")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(args.out, facecolor=fig.get_facecolor())
     print(f"wrote {args.out}")
 
