@@ -35,6 +35,14 @@ class ServerSettings:
         default="",
         metadata={"help": "comma list of adapter folders or folders of adapters (default: the repo's adapters/)"},
     )
+    think_start: str = field(
+        default="",
+        metadata={"help": "think start marker of a model without a manifest (default: found in its tokenizer)"},
+    )
+    think_end: str = field(default="", metadata={"help": "think end marker (with --think-start)"})
+    reasoning_parser: str = field(
+        default="", metadata={"help": "vLLM reasoning-parser name whose markers to use (e.g. qwen3, deepseek_r1)"}
+    )
     default_effort: str = field(
         default="high", metadata={"help": "effort when a request names none: a level or a number"}
     )

@@ -75,7 +75,26 @@ def kv_cache_bytes(settings: "EngineSettings") -> int | None:
         )
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return hi
-    return min(hi, max(lo, per_token * settings.max_num_seqs * settings.max_model_len))
+    return min(hi, max(lo, per_token * settings.max_num_seqs * (model_len(settings) or CPU_MAX_MODEL_LEN)))
+
+
+CPU_MAX_MODEL_LEN = 4096
+
+
+def model_len(settings: "EngineSettings") -> int | None:
+    """The context length to serve: the setting, else the model config's `max_position_embeddings`
+    (on a CPU at most CPU_MAX_MODEL_LEN; with no readable config there, that cap). None on a GPU
+    when the config cannot be read: vLLM's own choice."""
+    if settings.max_model_len:
+        return settings.max_model_len
+    try:
+        cfg = json.loads((Path(settings.model or default_model()) / "config.json").read_text())
+        n = int(cfg.get("text_config", cfg)["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        n = None
+    if has_gpu():
+        return n
+    return min(n or CPU_MAX_MODEL_LEN, CPU_MAX_MODEL_LEN)
 
 
 def prepare_env(model: str = "") -> None:
@@ -163,7 +182,9 @@ class EngineSettings:
     HELP_MAIN = ("model", "max_model_len", "dtype", "gpu_memory_utilization", "tensor_parallel_size")
 
     model: str = field(default="", metadata={"help": "model folder or id (default: the embedded model)"})
-    max_model_len: int = field(default=1024, metadata={"help": "max tokens of prompt + completion"})
+    max_model_len: int = field(
+        default=0, metadata={"help": "max tokens of prompt + completion (0: the model's own; at most 4096 on a CPU)"}
+    )
     dtype: str = field(
         default="auto", metadata={"help": "weights/activations dtype (auto, float32, bfloat16, float16)"}
     )
@@ -183,8 +204,8 @@ class EngineSettings:
     )
 
     def __post_init__(self):
-        if self.max_model_len < 16:
-            raise ValueError("max_model_len must be >= 16")
+        if self.max_model_len and self.max_model_len < 16:
+            raise ValueError("max_model_len must be 0 (the model's) or >= 16")
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
             raise ValueError("tensor/pipeline parallel sizes must be >= 1")
         if self.engine_args:
@@ -231,7 +252,6 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
     gpu = has_gpu()
     kw = dict(
         model=settings.model or default_model(),
-        max_model_len=settings.max_model_len,
         dtype=settings.dtype,
         max_num_seqs=settings.max_num_seqs,
         enable_lora=True,
@@ -252,6 +272,9 @@ def engine_kwargs(settings: EngineSettings, think_start: str, think_end: str) ->
     # code before structured answers: 0.98-1.00 x the latency; loaded by file path there: 1.02-1.03)
     import effort_server.server.think_parser  # noqa: F401
 
+    n = model_len(settings)
+    if n:
+        kw["max_model_len"] = n
     kv = kv_cache_bytes(settings)
     if kv:
         kw["kv_cache_memory_bytes"] = kv

@@ -3,7 +3,9 @@
 `open_engine` builds vLLM's `AsyncLLM` from `EngineSettings` (the LoRA rank raised to the largest
 served adapter's, the think markers given to vLLM's budget); `open_gateway` connects to an
 OpenAI-compatible vLLM server (or fleet) and checks which adapters it serves. Both return an
-object with vLLM's `generate` / `abort` interface; `close` shuts either down.
+object with vLLM's `generate` / `abort` interface; `close` shuts either down. `model_manifest`
+reads a base model's manifest, or builds one from the model itself (think markers from its
+tokenizer); `matching_adapters` keeps the adapters trained on the served base.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from ..contract.manifest import ModelManifest
+from ..contract.manifest import ModelManifest, model_hash
+from ..contract.markers import detect_markers
 from ..contract.scoring import Router, RouterError
 from .config import ServerSettings
 from .engine import EngineSettings, default_model, engine_kwargs, fork_engine_core, prepare_env
@@ -23,10 +26,66 @@ from .registry import Adapter
 log = logging.getLogger("effort.service")
 
 
+def model_manifest(model_path: str, settings: ServerSettings) -> tuple[ModelManifest, bool]:
+    """The model's manifest and whether it was measured (ours, or written by `effort profile`).
+    Without one: the think markers from the flags, the reasoning-parser name or the tokenizer
+    (`MarkersNotFound`, a one-line ValueError, when none), the default full-effort length."""
+    try:
+        m = ModelManifest.read(model_path)
+    except Exception:
+        m = None
+    given = settings.think_start or settings.think_end or settings.reasoning_parser
+    if m is not None and not given:
+        return m, True
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except Exception as e:
+        raise ValueError(f"cannot load the tokenizer of {model_path}: {str(e).splitlines()[0]}") from None
+    start, end = detect_markers(tok, settings.think_start, settings.think_end, settings.reasoning_parser)
+    if m is not None:
+        return m.model_copy(update={"think_start": start, "think_end": end}), True
+    log.warning(
+        "model %s has no manifest: full-effort length %d is an unmeasured default (effort profile measures it)",
+        model_path,
+        ModelManifest.model_fields["default_full_effort_tokens"].default,
+    )
+    return ModelManifest(name=Path(model_path).name, think_start=start, think_end=end), False
+
+
+HASH_LIMIT_BYTES = 2 * 2**30  # weights larger than this are matched by name (hashing them is slow)
+
+
+def matching_adapters(adapters: dict[str, Adapter], model_path: str, base_name: str) -> dict[str, Adapter]:
+    """The adapters trained on this base: by weights hash when both sides have one (weights up to
+    HASH_LIMIT_BYTES), else by the base's folder name or id; the others skipped with a log line."""
+    from .engine import weights_bytes
+
+    if not adapters:
+        return adapters
+    here = model_hash(model_path) if 0 < weights_bytes(model_path) <= HASH_LIMIT_BYTES else None
+    names = {Path(model_path).name, base_name, model_path}
+    kept = {}
+    for name, a in adapters.items():
+        theirs = a.manifest.base_model_hash
+        if here and theirs and theirs != "unknown":
+            ok = theirs == here
+        else:
+            ok = a.manifest.base_model in names or Path(a.manifest.base_model).name in names
+        if ok:
+            kept[name] = a
+        else:
+            log.warning(
+                "adapter %s skipped: trained on %s, not on the served %s", name, a.manifest.base_model, model_path
+            )
+    return kept
+
+
 def load_router(spec: str, adapter_paths: list[str]) -> Router | None:
     """The router named by `spec`; by default the `router` folder of the first adapters path when
     present (a broken default router is skipped with a log line; a named one must load)."""
-    if spec == "none":
+    if spec == "none" or (not spec and not adapter_paths):
         return None
     if spec:
         router = Router.load(spec)  # RouterError: the server does not start with a broken named router

@@ -66,11 +66,12 @@ class Policy:
         router: Router | None = None,
         history: History | None = None,
         base_manifest: ModelManifest | None = None,
+        full_source: str = "manifest",
     ):
         self.s, self.adapters, self.base_name = settings, adapters, base_name
         self.full_effort_tokens = full_effort_tokens
         self.router, self.history = router, history
-        self.predictor = Predictor(adapters, full_effort_tokens, base_manifest, router, history)
+        self.predictor = Predictor(adapters, full_effort_tokens, base_manifest, router, history, full_source)
         self.margin = None
         if router is not None:
             self.margin = settings.router_margin if settings.router_margin >= 0 else router.margin
@@ -184,6 +185,8 @@ class Policy:
         score, known = self.predictor.score(prompt)
         base_full, src = self.predictor.base_full(score, prompt)
         why = [f"{source}={requested if requested is not None else self.s.default_effort}"]
+        if src.startswith("unmeasured"):
+            why.append(f"the base's full-effort length {base_full:g} is an unmeasured default (run effort profile)")
         if value is None:
             option, predicted, budget, spend = self._auto(explicit, score, known, why, adapters == "none")
             value, kind = option.value, "auto"

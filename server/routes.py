@@ -164,8 +164,10 @@ class Predictor:
         base_manifest: ModelManifest | None = None,
         router: Router | None = None,
         history: History | None = None,
+        default_source: str = "manifest",
     ):
         self.adapters, self.default_full = adapters, float(default_full)
+        self.default_source = default_source  # where default_full came from: manifest, setting, unmeasured
         self.router, self.history = router, history
         self.base = measured_base(base_manifest)
         self.measured = {BASE: self.base, **{n: measured_adapter(a) for n, a in adapters.items()}}
@@ -198,7 +200,7 @@ class Predictor:
             v = self.history.get(BASE, prompt)
             if v is not None:
                 return v, "history"
-        return self.default_full, "manifest"
+        return self.default_full, self.default_source
 
     def profile(self, model: str, score, base_full: float) -> Profile:
         if score is not None and model in self.routed:

@@ -183,9 +183,12 @@ def template_kwargs(req: ChatCompletionRequest) -> dict:
     return kw
 
 
-def sampling_params(req, decision: EffortDecision, max_tokens: int, n_logprobs, deltas: bool, constraint, vocab: int):
+def sampling_params(
+    req, decision: EffortDecision, max_tokens: int, n_logprobs, deltas: bool, constraint, vocab: int, carried: int = 0
+):
     """vLLM's `SamplingParams` (OpenAI's defaults: temperature 1, top_p 1); vLLM's own checks → 400.
-    `deltas`: the engine reports every step (streaming, stop strings), else only the final output."""
+    `deltas`: the engine reports every step (streaming, stop strings), else only the final output.
+    `carried`: thinking tokens the prompt left open (vLLM counts them against the budget; we do not)."""
     from vllm import SamplingParams
     from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind
@@ -199,7 +202,7 @@ def sampling_params(req, decision: EffortDecision, max_tokens: int, n_logprobs, 
             seed=req.seed,
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA if deltas else RequestOutputKind.FINAL_ONLY,
-            thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget,
+            thinking_token_budget=-1 if decision.thinking_budget is None else decision.thinking_budget + carried,
             logprobs=n_logprobs,
             logit_bias=logit_bias(req.logit_bias, vocab),
             structured_outputs=constraint,

@@ -16,16 +16,23 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from ..contract.manifest import ModelManifest
-from ..contract.markers import Markers, split_ids
+from ..contract.markers import Markers, open_thinking, split_ids
 from ..contract.prompt import chat_ids
 from . import sampling
 from .accounting import Accounting
 from .config import ServerSettings
-from .engine import EngineSettings, default_adapter_dir, default_model
+from .engine import EngineSettings, default_adapter_dir, default_model, model_len
 from .errors import BadRequest, EngineUnavailable, ModelNotFound
 from .generation import Choice, Generation, Released
-from .lifecycle import close, has_thinking_switch, load_router, open_engine, open_gateway
+from .lifecycle import (
+    close,
+    has_thinking_switch,
+    load_router,
+    matching_adapters,
+    model_manifest,
+    open_engine,
+    open_gateway,
+)
 from .limits import Admission
 from .logprobs import chat_logprobs, completion_logprobs
 from .metrics import Metrics
@@ -60,17 +67,21 @@ class Service:
     def __init__(self, settings: ServerSettings, engine: EngineSettings):
         self.settings, self.engine_settings = settings, engine
         self.model_path = engine.model or default_model()
-        try:
-            self.manifest = ModelManifest.read(self.model_path)
-        except Exception:  # a user's model without our manifest: generic defaults
-            self.manifest = ModelManifest(name=Path(self.model_path).name)
+        self.manifest, self.measured = model_manifest(self.model_path, settings)
         self.base_name = settings.served_model_name or self.manifest.name or Path(self.model_path).name
-        paths = [p for p in settings.adapters.split(",") if p.strip()] or [default_adapter_dir()]
-        self.adapters = scan(paths)
+        # the repository's adapters and router belong to the embedded model: other models get only the named ones
+        embedded = Path(self.model_path).resolve() == Path(default_model()).resolve()
+        paths = [p for p in settings.adapters.split(",") if p.strip()] or ([default_adapter_dir()] if embedded else [])
+        self.adapters = matching_adapters(scan(paths), self.model_path, self.base_name)
         full = settings.full_effort_tokens or self.manifest.default_full_effort_tokens
         self.router = load_router(settings.router, paths)
         self.history = History(settings.router_history) if self.router is not None else None
-        self.policy = Policy(settings, self.adapters, self.base_name, full, self.router, self.history, self.manifest)
+        source = "full_effort_tokens setting" if settings.full_effort_tokens else "manifest"
+        if not settings.full_effort_tokens and not self.measured:
+            source = "unmeasured default (effort profile measures the model)"
+        self.policy = Policy(
+            settings, self.adapters, self.base_name, full, self.router, self.history, self.manifest, source
+        )
         self.metrics = Metrics()
         self.admission = Admission(settings.max_concurrent, settings.max_queue)
         self.llm = None
@@ -95,7 +106,8 @@ class Service:
             self.structured_ready = all(m in vocab for m in (self.manifest.think_start, self.manifest.think_end))
         self.template_switch = has_thinking_switch(self.tokenizer)
         self.markers = Markers.from_tokenizer(self.tokenizer, self.manifest.think_start, self.manifest.think_end)
-        self.max_model_len = self.engine_settings.max_model_len
+        config = getattr(self.llm, "model_config", None)  # the engine's choice where it made one
+        self.max_model_len = getattr(config, "max_model_len", None) or model_len(self.engine_settings) or 1024
         self.generation = Generation(self.llm, self.tokenizer, self.markers, self.metrics, s.request_timeout)
         self.accounting = Accounting(self.markers, self.metrics, self.history)
         self.ready = True
@@ -123,7 +135,7 @@ class Service:
         raise ModelNotFound(f"the model {model_id!r} does not exist; GET /v1/models lists the served ones", "model")
 
     # -- preparation: the one place a request becomes generation settings -------------------
-    def prepare(self, req, build: PromptBuilder, in_think: bool, text: str = "", arrived: float | None = None):
+    def prepare(self, req, build: PromptBuilder, text: str = "", arrived: float | None = None):
         """The request checked and decided: prompt ids, the policy's decision, `SamplingParams`."""
         t0 = time.perf_counter()
         if not self.ready:
@@ -148,6 +160,8 @@ class Service:
         decision = decide(limit)
         adapter = self.adapters.get(decision.adapter) if decision.adapter else None
         prompt_ids = build(adapter, decision)
+        carried = open_thinking(prompt_ids, self.markers)  # R1 distills' prompt opens the thinking
+        in_think = carried is not None
         param = "messages" if hasattr(req, "messages") else "prompt"
         room = sampling.context_room(len(prompt_ids), limit, self.max_model_len, s, param)
         if limit is None:  # no output limit: the rest of the context is the limit, reserve included
@@ -161,7 +175,9 @@ class Service:
         # server); one with stop strings streams from the engine anyway, to stop on time
         deltas = bool(req.stream or stop)
         vocab = len(self.tokenizer)
-        params = sampling.sampling_params(req, decision, limit or room, n_logprobs, deltas, constraint, vocab)
+        params = sampling.sampling_params(
+            req, decision, limit or room, n_logprobs, deltas, constraint, vocab, carried or 0
+        )
         constraint_field = None
         if constraint is not None:
             constraint_field = "structured_outputs" if req.structured_outputs is not None else "response_format"
@@ -198,21 +214,19 @@ class Service:
 
         return build
 
-    def _completion_prompt(self, req: CompletionRequest) -> tuple[PromptBuilder, bool, str]:
+    def _completion_prompt(self, req: CompletionRequest) -> tuple[PromptBuilder, str]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1:
             raise BadRequest("one prompt per request is supported; send a list of one string or a string", "prompt")
         text = prompts[0]
         if not text:
             raise BadRequest("prompt must not be empty", "prompt")
-        s, e = self.manifest.think_start, self.manifest.think_end
-        in_think = text.rfind(s) > text.rfind(e)
 
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             body = adapter.manifest.control.for_effort(text, decision.control_effort) if adapter is not None else text
             return self.tokenizer.encode(body, add_special_tokens=False)
 
-        return build, in_think, text
+        return build, text
 
     # -- the one request path ---------------------------------------------------------------
     async def _admit(self):
@@ -222,15 +236,13 @@ class Service:
             self.metrics.rejections.labels("overloaded").inc()
             raise
 
-    async def _serve(
-        self, api: str, req, build: PromptBuilder, in_think: bool, text: str, http_request, respond, stream
-    ):
+    async def _serve(self, api: str, req, build: PromptBuilder, text: str, http_request, respond, stream):
         """Admit, prepare, then either `stream(p)` (the SSE lines; the admission slot held until
         it ends) or collect the whole result and return `respond(p, choices, usage, report)`."""
         arrived = time.perf_counter()
         ticket = await self._admit()
         try:
-            p = self.prepare(req, build, in_think=in_think, text=text, arrived=arrived)
+            p = self.prepare(req, build, text=text, arrived=arrived)
             if req.stream:
                 gen, ticket = Released(stream(p), self.admission, ticket), None
                 return gen
@@ -255,9 +267,9 @@ class Service:
         yield f"data: {final(usage if include_usage else None, report).model_dump_json(exclude_none=True)}\n\n"
         yield "data: [DONE]\n\n"
 
-    def _shown(self, p: Prepared, c: Choice, in_think: bool = False) -> bool:
-        """The reasoning field is returned: asked for, and the model did think."""
-        return p.show_reasoning and (in_think or split_ids(c.ids, self.markers, p.in_think).started)
+    def _shown(self, p: Prepared, c: Choice) -> bool:
+        """The reasoning field is returned: asked for, and the model did think (or the prompt opened it)."""
+        return p.show_reasoning and split_ids(c.ids, self.markers, p.in_think).started
 
     # -- endpoints --------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http_request=None):
@@ -305,16 +317,16 @@ class Service:
             opening = [w.chat(i, role="assistant", content="") for i in range(p.params.n)]
             return self._sse("chat", req, p, opening, chunks, final)
 
-        return await self._serve("chat", req, self._chat_prompt(req), False, text, http_request, respond, stream)
+        return await self._serve("chat", req, self._chat_prompt(req), text, http_request, respond, stream)
 
     async def completions(self, req: CompletionRequest, http_request=None):
-        build, in_think, text = self._completion_prompt(req)
+        build, text = self._completion_prompt(req)
         prefix = text if req.echo else ""
 
         def respond(p: Prepared, choices: dict[int, Choice], usage, report) -> Completion:
             out = []
             for i, c in choices.items():
-                shown = self._shown(p, c, in_think)
+                shown = self._shown(p, c)
                 lp = None
                 if p.logprobs is not None:
                     lp = CompletionLogprobs(**completion_logprobs(c.lp_answer, len(prefix), p.logprobs))
@@ -352,4 +364,4 @@ class Service:
             opening = [w.completion(i, prefix) for i in range(p.params.n)] if prefix else []
             return self._sse("completions", req, p, opening, chunks, final)
 
-        return await self._serve("completions", req, build, in_think, text, http_request, respond, stream)
+        return await self._serve("completions", req, build, text, http_request, respond, stream)
