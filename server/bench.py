@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import EngineSettings, default_model, has_gpu, kv_cache_bytes, model_len
+from .engine import CPU_MAX_MODEL_LEN, EngineSettings, default_model, has_gpu, kv_cache_bytes, model_len
 
 
 @dataclass
@@ -107,7 +107,7 @@ def vllm_cmd(
         "--host",
         "127.0.0.1",
         "--max-model-len",
-        str(model_len(s) or 4096),
+        str(model_len(s) or CPU_MAX_MODEL_LEN),
         "--max-num-seqs",
         str(s.max_num_seqs),
         "--enable-lora",

@@ -75,7 +75,7 @@ def kv_cache_bytes(settings: "EngineSettings") -> int | None:
         )
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return hi
-    return min(hi, max(lo, per_token * settings.max_num_seqs * (model_len(settings) or CPU_MAX_MODEL_LEN)))
+    return min(hi, max(lo, per_token * settings.max_num_seqs * model_len(settings)))  # on a CPU: never None
 
 
 CPU_MAX_MODEL_LEN = 4096

@@ -19,7 +19,7 @@ from ..contract.manifest import ModelManifest, model_hash
 from ..contract.markers import detect_markers
 from ..contract.scoring import Router, RouterError
 from .config import ServerSettings
-from .engine import EngineSettings, default_model, engine_kwargs, fork_engine_core, prepare_env
+from .engine import EngineSettings, default_model, engine_kwargs, fork_engine_core, prepare_env, weights_bytes
 from .metrics import Metrics, stat_logger_factory
 from .registry import Adapter
 
@@ -37,20 +37,17 @@ def model_manifest(model_path: str, settings: ServerSettings) -> tuple[ModelMani
     given = settings.think_start or settings.think_end or settings.reasoning_parser
     if m is not None and not given:
         return m, True
-    from transformers import AutoTokenizer
+    tok = None  # loaded only when the markers must be found in it
+    if not given:
+        from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(model_path)
-    except Exception as e:
-        raise ValueError(f"cannot load the tokenizer of {model_path}: {str(e).splitlines()[0]}") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(model_path)
+        except Exception as e:
+            raise ValueError(f"cannot load the tokenizer of {model_path}: {str(e).splitlines()[0]}") from None
     start, end = detect_markers(tok, settings.think_start, settings.think_end, settings.reasoning_parser)
     if m is not None:
         return m.model_copy(update={"think_start": start, "think_end": end}), True
-    log.warning(
-        "model %s has no manifest: full-effort length %d is an unmeasured default (effort profile measures it)",
-        model_path,
-        ModelManifest.model_fields["default_full_effort_tokens"].default,
-    )
     return ModelManifest(name=Path(model_path).name, think_start=start, think_end=end), False
 
 
@@ -60,8 +57,6 @@ HASH_LIMIT_BYTES = 2 * 2**30  # weights larger than this are matched by name (ha
 def matching_adapters(adapters: dict[str, Adapter], model_path: str, base_name: str) -> dict[str, Adapter]:
     """The adapters trained on this base: by weights hash when both sides have one (weights up to
     HASH_LIMIT_BYTES), else by the base's folder name or id; the others skipped with a log line."""
-    from .engine import weights_bytes
-
     if not adapters:
         return adapters
     here = model_hash(model_path) if 0 < weights_bytes(model_path) <= HASH_LIMIT_BYTES else None

@@ -24,7 +24,7 @@ from ..contract.scoring import BASE, Route, Router, choose
 from .config import OPENAI_EFFORTS, ServerSettings
 from .errors import EffortError, ModelNotFound
 from .registry import Adapter
-from .routes import History, Option, Predictor
+from .routes import UNMEASURED, History, Option, Predictor
 
 
 def reasoning_cap(max_tokens: int, answer_reserve: int) -> int:
@@ -185,7 +185,7 @@ class Policy:
         score, known = self.predictor.score(prompt)
         base_full, src = self.predictor.base_full(score, prompt)
         why = [f"{source}={requested if requested is not None else self.s.default_effort}"]
-        if src.startswith("unmeasured"):
+        if src == UNMEASURED:
             why.append(f"the base's full-effort length {base_full:g} is an unmeasured default (run effort profile)")
         if value is None:
             option, predicted, budget, spend = self._auto(explicit, score, known, why, adapters == "none")

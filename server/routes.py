@@ -153,6 +153,9 @@ class Profile:
         return out
 
 
+UNMEASURED = "unmeasured default (effort profile measures the model)"  # a base_full source
+
+
 class Predictor:
     """Per-prompt predictions for every servable model: the router's for the models it knows,
     the manifests' (scaled by the base's predicted full length) for the rest."""

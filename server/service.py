@@ -54,7 +54,7 @@ from .protocol import (
     ResponseMessage,
 )
 from .registry import Adapter, scan
-from .routes import History
+from .routes import UNMEASURED, History
 from .sampling import Prepared
 
 log = logging.getLogger("effort.service")
@@ -78,7 +78,8 @@ class Service:
         self.history = History(settings.router_history) if self.router is not None else None
         source = "full_effort_tokens setting" if settings.full_effort_tokens else "manifest"
         if not settings.full_effort_tokens and not self.measured:
-            source = "unmeasured default (effort profile measures the model)"
+            source = UNMEASURED
+            log.warning("model %s has no manifest: full-effort length %d is an %s", self.model_path, full, source)
         self.policy = Policy(
             settings, self.adapters, self.base_name, full, self.router, self.history, self.manifest, source
         )

@@ -121,7 +121,7 @@ def tokenizer_of():
     return lambda folder: cache.setdefault(str(folder), AutoTokenizer.from_pretrained(folder))
 
 
-def _serve_fails(args, tmp_path) -> subprocess.CompletedProcess:
+def _serve_fails(args) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--port", str(free_port()), *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -134,20 +134,37 @@ def test_model_without_markers_fails_at_start_in_one_line(tmp_path):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         p = folder / f
         p.write_text(p.read_text().replace("</think>", "</muse>").replace("<think>", "<muse>"))
-    r = _serve_fails(["--model", str(folder)], tmp_path)
+    r = _serve_fails(["--model", str(folder)])
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert err[-1].startswith("effort: error: no think markers found") and "--think-start" in err[-1]
-    r = _serve_fails(["--model", str(folder), "--reasoning-parser", "nope"], tmp_path)
+    r = _serve_fails(["--model", str(folder), "--reasoning-parser", "nope"])
     assert r.returncode == 2 and "--reasoning-parser 'nope'" in r.stderr
 
 
 def test_adapter_of_another_base_is_skipped(tmp_path):
-    """The shipped DLER adapter (trained on the embedded model) named for a Qwen3 model: skipped."""
+    """The shipped DLER adapter on a model of the same name with other weights: skipped (by hash);
+    on a hub-style folder of another name without weights: skipped (by name)."""
     from effort_server.server.lifecycle import matching_adapters
     from effort_server.server.registry import scan
+    from safetensors.torch import load_file, save_file
 
-    folder = families.build("qwen3", tmp_path / "qwen3", steps=1)
+    other = tmp_path / "effort-tiny"
+    shutil.copytree(REPO / "models" / "effort-tiny", other)
+    weights = next(other.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, weights)
     adapters = scan([REPO / "adapters" / "dler"])
-    assert list(matching_adapters(adapters, str(folder), "qwen3")) == []
+    assert list(matching_adapters(adapters, str(other), "effort-tiny")) == []
+    (tmp_path / "qwen3").mkdir()
+    assert list(matching_adapters(adapters, str(tmp_path / "qwen3"), "qwen3")) == []
     assert list(matching_adapters(adapters, str(REPO / "models" / "effort-tiny"), "effort-tiny")) == ["dler"]
+
+
+def test_markers_from_flags_or_parser_name_need_no_tokenizer():
+    assert detect_markers(None, "<reflect>", "</reflect>") == ("<reflect>", "</reflect>")
+    assert detect_markers(None, reasoning_parser="mistral") == ("[THINK]", "[/THINK]")
+    with pytest.raises(ValueError, match="both --think-start and --think-end"):
+        detect_markers(None, "<reflect>")
