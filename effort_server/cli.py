@@ -1,7 +1,7 @@
 """The `effort` console script: one entry point that dispatches to the two halves.
 
 `effort serve` and `effort bench` are the server's (`effort_server.server.cli`); `train`, `merge`,
-`eval`, `router`, `report` and `data` are training's (`effort_server.training.cli`). Only the half
+`profile`, `eval`, `router`, `report` and `data` are training's (`effort_server.training.cli`). Only the half
 that owns the command is imported, so serving never loads training code. Each half exposes
 `add_commands(subparsers, names)`. Every user error ends as one line on stderr and exit code 2.
 """
@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("server", "benchmarks that print a table, with the peer measured in the same run"),
     "train": ("training", "train the base model or an adapter"),
     "merge": ("training", "update-selective merge of a trained adapter into a new adapter"),
+    "profile": ("training", "onboard a model: measure its full-effort reasoning on your prompts, write its manifest"),
     "eval": ("training", "measure accuracy vs reasoning tokens for adapters x efforts/budgets"),
     "router": ("training", "the difficulty router for effort 'auto': fit and calibrate"),
     "report": ("training", "measured reports"),

@@ -26,15 +26,18 @@ from .registry import Adapter
 log = logging.getLogger("effort.service")
 
 
-def model_manifest(model_path: str, settings: ServerSettings) -> tuple[ModelManifest, bool]:
+def model_manifest(
+    model_path: str, think_start: str = "", think_end: str = "", reasoning_parser: str = ""
+) -> tuple[ModelManifest, bool]:
     """The model's manifest and whether it was measured (ours, or written by `effort profile`).
-    Without one: the think markers from the flags, the reasoning-parser name or the tokenizer
-    (`MarkersNotFound`, a one-line ValueError, when none), the default full-effort length."""
+    Markers given (`--think-start/--think-end`, `--reasoning-parser`) override the manifest's.
+    Without one: the think markers from those, else from the tokenizer (`MarkersNotFound`, a
+    one-line ValueError, when none), and the default full-effort length."""
     try:
         m = ModelManifest.read(model_path)
     except Exception:
         m = None
-    given = settings.think_start or settings.think_end or settings.reasoning_parser
+    given = think_start or think_end or reasoning_parser
     if m is not None and not given:
         return m, True
     tok = None  # loaded only when the markers must be found in it
@@ -45,7 +48,7 @@ def model_manifest(model_path: str, settings: ServerSettings) -> tuple[ModelMani
             tok = AutoTokenizer.from_pretrained(model_path)
         except Exception as e:
             raise ValueError(f"cannot load the tokenizer of {model_path}: {str(e).splitlines()[0]}") from None
-    start, end = detect_markers(tok, settings.think_start, settings.think_end, settings.reasoning_parser)
+    start, end = detect_markers(tok, think_start, think_end, reasoning_parser)
     if m is not None:
         return m.model_copy(update={"think_start": start, "think_end": end}), True
     return ModelManifest(name=Path(model_path).name, think_start=start, think_end=end), False

@@ -29,11 +29,43 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # the call a tool message answers
+    # -- extension: an earlier assistant turn's reasoning, as our responses carry it
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
             return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
         return self.content or ""
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: `developer` as `system`; an assistant turn's
+        reasoning as `reasoning_content` (Qwen3's template keeps it in the turns after the last
+        user message — a tool loop's — and drops it before; templates without the field ignore it)."""
+        msg: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        reasoning = self.reasoning_content or self.reasoning
+        if self.role == "assistant" and reasoning:
+            msg["reasoning_content"] = reasoning
+        if self.role == "assistant" and self.tool_calls:
+            msg["tool_calls"] = [_template_call(c) for c in self.tool_calls]
+        if self.role == "tool" and self.tool_call_id:
+            msg["tool_call_id"] = self.tool_call_id
+        return msg
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as chat templates read it: the arguments as a mapping where they parse (as
+    vLLM gives them), with the OpenAI fields kept."""
+    fn = dict(call.get("function") or {})
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            fn["arguments"] = json.loads(args)
+        except ValueError:
+            pass
+    return {**call, "function": fn}
 
 
 class JsonSchema(_Request):

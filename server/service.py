@@ -67,7 +67,9 @@ class Service:
     def __init__(self, settings: ServerSettings, engine: EngineSettings):
         self.settings, self.engine_settings = settings, engine
         self.model_path = engine.model or default_model()
-        self.manifest, self.measured = model_manifest(self.model_path, settings)
+        self.manifest, self.measured = model_manifest(
+            self.model_path, settings.think_start, settings.think_end, settings.reasoning_parser
+        )
         self.base_name = settings.served_model_name or self.manifest.name or Path(self.model_path).name
         # the repository's adapters and router belong to the embedded model: other models get only the named ones
         embedded = Path(self.model_path).resolve() == Path(default_model()).resolve()
@@ -200,7 +202,7 @@ class Service:
 
     def _chat_prompt(self, req: ChatCompletionRequest) -> PromptBuilder:
         kwargs = sampling.template_kwargs(req)
-        msgs = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
+        msgs = [m.for_template() for m in req.messages]
 
         def build(adapter: Adapter | None, decision: EffortDecision) -> list[int]:
             control = adapter.manifest.control if adapter is not None else None

@@ -1,5 +1,6 @@
-"""Real model families through `effort serve`: tiny Qwen3 and DeepSeek-R1-distill models (real
-tokenizers and architectures, see tests/families.py), served with no manifest of ours."""
+"""Real model families through `effort serve`, in process and as a gateway: tiny Qwen3 and
+DeepSeek-R1-distill models (real tokenizers and architectures, see tests/families.py), served
+with no manifest of ours; `effort profile` writing the manifest the server then uses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 
 import families
 import pytest
+from effort_server.server.bench import vllm_cmd
+from effort_server.server.engine import EngineSettings, prepare_env
 from openai import OpenAI
 from procs import REPO, free_port, start, stop
 
@@ -19,17 +22,38 @@ pytestmark = pytest.mark.slow
 MSG = [{"role": "user", "content": "two three five"}]
 
 
-@pytest.fixture(scope="module", params=families.FAMILIES)
+_BUILT: dict[str, object] = {}
+
+
+def built(name: str, tmp_path_factory):
+    """The family's tiny model, built once per test session."""
+    if name not in _BUILT:
+        _BUILT[name] = families.build(name, tmp_path_factory.mktemp(name) / name)
+    return _BUILT[name]
+
+
+@pytest.fixture(
+    scope="module", params=[(f, mode) for f in families.FAMILIES for mode in ("serve", "gateway")], ids="-".join
+)
 def family(request, tmp_path_factory):
-    """(name, model folder, client) of a served tiny model of the family."""
-    name = request.param
-    root = tmp_path_factory.mktemp(name)
-    folder = families.build(name, root / name)
+    """(name, model folder, client) of a served tiny model of the family: `effort serve` with the
+    engine in process, or in front of vLLM's own server on the same folder (gateway mode)."""
+    name, mode = request.param
+    folder = built(name, tmp_path_factory)
+    logs = tmp_path_factory.mktemp(f"{name}-{mode}")
+    procs = []
+    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--model", str(folder)]
+    if mode == "gateway":
+        prepare_env()  # vLLM's CPU settings for its own server too
+        up = free_port()
+        vllm = vllm_cmd(str(folder), up, EngineSettings(model=str(folder)), ("<think>", "</think>"), served=name)
+        procs.append(start(vllm, logs / "vllm.log", f"http://127.0.0.1:{up}"))
+        cmd += ["--upstream", f"http://127.0.0.1:{up}"]
     port = free_port()
-    cmd = [sys.executable, "-m", "effort_server.cli", "serve", "--model", str(folder), "--port", str(port)]
-    proc = start(cmd, root / "serve.log", f"http://127.0.0.1:{port}")
+    procs.append(start([*cmd, "--port", str(port)], logs / "serve.log", f"http://127.0.0.1:{port}"))
     yield name, folder, OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-    stop(proc)
+    for proc in reversed(procs):
+        stop(proc)
 
 
 def ask(client, name, stream=False, **extra):
@@ -111,6 +135,117 @@ def test_unmeasured_default_is_reported(family):
 def test_only_the_embedded_models_adapters_by_default(family):
     name, _, client = family
     assert [m.id for m in client.models.list().data] == [name]
+
+
+def test_earlier_reasoning_as_the_template_expects(family, tokenizer_of):
+    """An assistant turn's reasoning sent back (`reasoning`, as our responses carry it) goes to the
+    template as `reasoning_content`: before the last user message both families' templates drop
+    it; after it (a tool loop) Qwen3's keeps it."""
+    name, folder, client = family
+    tok = tokenizer_of(folder)
+    said = {"role": "assistant", "content": "The answer is 5."}
+    then = {"role": "user", "content": "and four?"}
+
+    def prompt_tokens(messages):  # a budget above 0: the template's thinking prompt, not its no-think one
+        r = client.chat.completions.create(
+            model=name, messages=messages, max_tokens=40, extra_body={"thinking_token_budget": 1}
+        )
+        return r.usage.prompt_tokens
+
+    plain = [*MSG, said, then]
+    sent = [*MSG, {**said, "reasoning": "two and three"}, then]
+    assert prompt_tokens(sent) == prompt_tokens(plain) == len(chat_ids(tok, plain))
+    if name == "qwen3":
+        loop = [*MSG, {**said, "reasoning": "two and three"}, {"role": "tool", "content": "5"}]
+        kept = [*MSG, {**said, "reasoning_content": "two and three"}, {"role": "tool", "content": "5"}]
+        n = prompt_tokens(loop)
+        assert n == len(chat_ids(tok, kept)) > len(chat_ids(tok, [*MSG, said, {"role": "tool", "content": "5"}]))
+
+
+def test_profile_writes_the_manifest_the_server_uses(tmp_path_factory):
+    """`effort profile` on a JSONL (answers on some lines) measures the model through the engine
+    and writes its manifest; the server then reports the measured length from the manifest, and
+    `effort router fit` fits a length head on the same records."""
+    import json
+
+    from effort_server.contract.manifest import ModelManifest
+    from effort_server.contract.scoring import Router
+
+    root = tmp_path_factory.mktemp("profile")
+    folder = root / "r1-profiled"
+    shutil.copytree(built("r1-distill-qwen", tmp_path_factory), folder)
+    prompts = root / "prompts.jsonl"
+    rows = [
+        {"question": f"{w} three five", **({"answer": "7"} if i % 2 else {})} for i, w in enumerate(families.WORDS)
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, "-m", "effort_server.cli", "profile", "--model", str(folder), "--task", str(prompts)]
+    r = subprocess.run([*cmd, "--n", "12", "--samples", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = ModelManifest.read(folder)
+    records = json.loads((folder / "profile" / "results.json").read_text())["results"]
+    lengths = [x["reasoning_tokens"] for x in records]
+    assert len(records) == 24 and all(x["setting"] == "full" for x in records)
+    assert m.think_start == "<think>" and m.default_full_effort_tokens == max(1, round(sum(lengths) / 24))
+    profile = m.evaluation["profile"]
+    assert profile["graded"] == sum(x["answer"] is not None for x in records) and 0 < profile["graded"] < 24
+    assert profile["cut_at_max_tokens"] == 0 and profile["thought_share"] == 1.0
+
+    router = root / "router"
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "effort_server.cli",
+            "router",
+            "fit",
+            "--records",
+            str(folder / "profile" / "results.json"),
+            "--out",
+            str(router),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    assert [rt.label for rt in Router.load(router).routes] == ["base@1"]
+
+    port = free_port()
+    proc = start(
+        [*cmd[:3], "serve", "--model", str(folder), "--port", str(port)],
+        root / "serve.log",
+        f"http://127.0.0.1:{port}",
+    )
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        effort = ask(client, "r1-profiled", effort=0.5).model_extra["effort"]
+    finally:
+        stop(proc)
+    assert effort["predicted"]["source"] == "manifest" and "unmeasured" not in effort["reason"]
+    assert effort["full_effort_tokens"] == m.default_full_effort_tokens
+
+
+def test_profile_bad_input_is_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "no question field"}\n')
+    cases = [
+        ([], "--model DIR and --task PROMPTS.jsonl are required"),
+        (["--model", str(tmp_path / "nope"), "--task", str(bad)], "not a model folder"),
+        (["--model", str(tmp_path), "--task", str(bad)], "bad.jsonl:1: missing field(s) question"),
+        (
+            ["--model", str(tmp_path), "--task", str(bad), "--samples", "2", "--temperature", "0"],
+            "needs --temperature > 0",
+        ),
+    ]
+    for args, message in cases:
+        r = subprocess.run(
+            [sys.executable, "-m", "effort_server.cli", "profile", *args], cwd=REPO, capture_output=True, text=True
+        )
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("effort: error: "), r.stderr
+        assert message in lines[0], lines
 
 
 @pytest.fixture(scope="module")

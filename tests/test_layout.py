@@ -92,6 +92,7 @@ COMMANDS = [
     ["train", "dler-da"],
     ["train", "e1"],
     ["merge"],
+    ["profile"],
     ["eval"],
     ["router", "fit"],
     ["router", "calibrate"],

@@ -1,4 +1,4 @@
-"""Training's commands: `effort train|merge|eval|router|report|data` (dispatched by effort_server.cli)."""
+"""Training's commands: `effort train|merge|profile|eval|router|report|data` (dispatched by effort_server.cli)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def add_commands(sub, names: list[str]) -> None:
     from .base_report import BaseReportConfig
     from .evaluate import EvalConfig
     from .merge import MergeConfig
+    from .profile import ProfileConfig
     from .recipes import RECIPES
     from .rl import RLConfig
     from .router_fit import RouterCalibrateConfig, RouterFitConfig
@@ -59,6 +60,10 @@ def add_commands(sub, names: list[str]) -> None:
     mg = sub.add_parser("merge", help="update-selective merge of a trained adapter into a new adapter")
     add_dataclass_args(mg, MergeConfig, "merge")
     mg.set_defaults(func=config_command("effort_server.training.merge", "MergeConfig", "merge"))
+
+    pr = sub.add_parser("profile", help=top.COMMANDS["profile"][1])
+    add_dataclass_args(pr, ProfileConfig, "profile")
+    pr.set_defaults(func=config_command("effort_server.training.profile", "ProfileConfig", "run_profile"))
 
     ev = sub.add_parser("eval", help="measure accuracy vs reasoning tokens for adapters x efforts/budgets")
     add_dataclass_args(ev, EvalConfig, "evaluation")

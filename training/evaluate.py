@@ -135,10 +135,13 @@ def sample_seed(seed: int, key: str) -> int:
 class Evaluator:
     """Holds one offline vLLM engine; `run` evaluates problems under (adapter, setting) pairs."""
 
-    def __init__(self, model: str = "", max_model_len: int = 1024):
+    def __init__(self, model: str = "", max_model_len: int = 1024, think: tuple[str, str, str] = ("", "", "")):
+        """`max_model_len` 0: the model's own (see engine.model_len); `think`: the markers given as
+        (start, end, reasoning-parser name), as `effort serve` takes them; by default the
+        manifest's, else those found in the tokenizer."""
         from effort_server.server.engine import default_model, engine_kwargs, prepare_env
+        from effort_server.server.lifecycle import model_manifest
 
-        from effort_server.contract.manifest import ModelManifest
         from effort_server.contract.markers import Markers
 
         prepare_env()
@@ -146,14 +149,12 @@ class Evaluator:
 
         settings = EngineSettings(model=model, max_model_len=max_model_len)
         self.model_path = model or default_model()
-        try:
-            mm = ModelManifest.read(self.model_path)
-            self.think = (mm.think_start, mm.think_end)
-        except Exception:
-            self.think = ("<think>", "</think>")
+        self.manifest, self.measured = model_manifest(self.model_path, *think)
+        self.think = (self.manifest.think_start, self.manifest.think_end)
         self.llm = LLM(**engine_kwargs(settings, *self.think))
         self.tokenizer = self.llm.get_tokenizer()
         self.markers = Markers.from_tokenizer(self.tokenizer, *self.think)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def _lora_id(self, adapter) -> int:
         """vLLM's integer id for an adapter's weights in this engine. vLLM caches a LoRA by that id
@@ -196,29 +197,32 @@ class Evaluator:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        from effort_server.contract.markers import split_ids
+        from effort_server.contract.markers import open_thinking, split_ids
 
         lora = LoRARequest(adapter.name, self._lora_id(adapter), str(adapter.path)) if adapter else None
         manifest = adapter.manifest if adapter else None
-        prompts, params = [], []
+        prompts, params, carried = [], [], []
         efforts = effort if isinstance(effort, list) else [effort] * len(problems)
         for p, b, e in zip(problems, budgets, efforts):
-            prompts.append({"prompt_token_ids": self.prompt_ids(p.question, manifest, e)})
+            ids = self.prompt_ids(p.question, manifest, e)
+            # a prompt that opened the thinking (R1 distills): vLLM counts its open tokens against the budget
+            carried.append(open_thinking(ids, self.markers))
+            prompts.append({"prompt_token_ids": ids})
             params.append(
                 SamplingParams(
                     temperature=temperature,
                     n=samples,
                     max_tokens=max_tokens,
                     seed=sample_seed(seed, p.id) if seed_per_prompt else seed,
-                    thinking_token_budget=-1 if b is None else int(b),
+                    thinking_token_budget=-1 if b is None else int(b) + (carried[-1] or 0),
                     skip_special_tokens=False,
                 )
             )
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=True)
         results = []
-        for p, b, out in zip(problems, budgets, outs):
+        for p, b, c, out in zip(problems, budgets, carried, outs):
             for o in out.outputs:
-                sp = split_ids(o.token_ids, self.markers)
+                sp = split_ids(o.token_ids, self.markers, in_think=c is not None)
                 answer_text = self.tokenizer.decode(list(sp.answer_ids), skip_special_tokens=True)
                 results.append(
                     dict(
@@ -392,11 +396,12 @@ def eval_decided(ev: Evaluator, policy, problems, task, name: str | None, effort
     return [r for rs in rows for r in rs]
 
 
-def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None) -> dict:
-    """Evaluate and write results.json / results.md / plot.png into cfg.out."""
+def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None, task=None) -> dict:
+    """Evaluate and write results.json / results.md / plot.png into cfg.out (`task`: the loaded
+    cfg.task, when the caller has it)."""
     from effort_server.training.tasks import load_task
 
-    task = load_task(cfg.task)
+    task = task or load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.n, cfg.seed)
     adapters = [a.strip() for a in cfg.adapters.split(",") if a.strip()]
     if not adapters:

@@ -11,12 +11,13 @@ from .jsonl_math import JsonlMathTask
 TASKS = {"digits": DigitsTask}
 
 
-def load_task(spec: str) -> Task:
-    """A task by name (``digits``) or a JSONL file path (graded with math-verify)."""
+def load_task(spec: str, answers: bool = True) -> Task:
+    """A task by name (``digits``) or a JSONL file path (graded with math-verify; `answers` False:
+    lines without an answer allowed)."""
     if spec in TASKS:
         return TASKS[spec]()
     if spec.endswith(".jsonl") or Path(spec).exists():
-        return JsonlMathTask(spec)
+        return JsonlMathTask(spec, answers)
     raise TaskError(f"unknown task {spec!r}: use one of {', '.join(TASKS)} or a path to a .jsonl file")
 
 

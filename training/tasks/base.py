@@ -23,7 +23,7 @@ class TaskError(ValueError):
 class Problem:
     id: str
     question: str
-    answer: str
+    answer: str | None  # None: a prompt without a reference answer (profiling only; never graded correct)
     difficulty: float
     meta: dict = field(default_factory=dict)
 
@@ -74,9 +74,10 @@ def write_jsonl(problems: list[Problem], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def read_problems_jsonl(path: str | Path) -> list[Problem]:
-    """Read a JSONL file of problems: each line needs ``question`` and ``answer``;
-    ``id`` and ``difficulty`` are optional (defaults: line number, question length)."""
+def read_problems_jsonl(path: str | Path, answers: bool = True) -> list[Problem]:
+    """Read a JSONL file of problems: each line needs ``question`` and ``answer`` (``answer`` may
+    be left out when `answers` is False); ``id`` and ``difficulty`` are optional (defaults: line
+    number, question length)."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"data file not found: {path}")
@@ -91,7 +92,7 @@ def read_problems_jsonl(path: str | Path) -> list[Problem]:
                 raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in ("question", "answer") if k not in row]
+            missing = [k for k in ("question", "answer")[: 2 if answers else 1] if k not in row]
             if missing:
                 raise TaskError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
             q = str(row["question"])
@@ -104,7 +105,7 @@ def read_problems_jsonl(path: str | Path) -> list[Problem]:
                 Problem(
                     id=str(row.get("id", lineno)),
                     question=q,
-                    answer=str(row["answer"]),
+                    answer=None if row.get("answer") is None else str(row["answer"]),
                     difficulty=diff,
                     meta=row.get("meta", {}) or {},
                 )

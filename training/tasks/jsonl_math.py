@@ -1,6 +1,7 @@
 """A user's JSONL math set (GSM8K, MATH-500, …) graded with `math-verify`.
 
-Each line: ``{"question": ..., "answer": ...}`` with optional ``id`` and ``difficulty``.
+Each line: ``{"question": ..., "answer": ...}`` with optional ``id`` and ``difficulty``
+(``answer`` optional too with ``answers=False``: such prompts are measured, never graded correct).
 The file has no splits of its own: ``problems`` returns the first `n` after a seeded shuffle
 (or all, in file order, when `n` is None), whatever the split.
 """
@@ -16,9 +17,9 @@ from .base import Problem, extract_boxed, read_problems_jsonl
 class JsonlMathTask:
     name = "jsonl"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, answers: bool = True):
         self.path = Path(path)
-        self._all = read_problems_jsonl(self.path)
+        self._all = read_problems_jsonl(self.path, answers)
         ds = sorted(p.difficulty for p in self._all)
         self._cuts = (ds[len(ds) // 3], ds[2 * len(ds) // 3])
 
@@ -30,6 +31,8 @@ class JsonlMathTask:
         return items[:n]
 
     def grade(self, completion: str, problem: Problem) -> bool:
+        if problem.answer is None:
+            return False
         from math_verify import parse, verify  # heavy import, only when grading
 
         boxed = extract_boxed(completion)
