@@ -59,18 +59,20 @@ class ProfileConfig:
 
 
 def profile_summary(rows: list[dict], max_tokens: int) -> dict:
-    """The figures written into the manifest from the `full` rows of one model."""
-    r = sorted(x["reasoning_tokens"] for x in rows)
+    """The figures written into the manifest from the `full` rows of one model (mean and p90 as
+    `effort eval` reports them; accuracy over the graded rows only)."""
+    from .evaluate import summarize
+
+    s = summarize(rows)
     graded = [x for x in rows if x["answer"] is not None]
-    cut = sum(1 for x in rows if x["thought"] and not x["closed"])
     return dict(
         samples=len(rows),
         prompts=len({x["id"] for x in rows}),
-        mean_reasoning=round(statistics.fmean(r), 2),
-        median_reasoning=statistics.median(r),
-        p90_reasoning=r[min(len(r) - 1, int(0.9 * len(r)))],
+        mean_reasoning=round(s["mean_reasoning"], 2),
+        median_reasoning=statistics.median(x["reasoning_tokens"] for x in rows),
+        p90_reasoning=round(s["p90_reasoning"], 1),
         thought_share=round(sum(x["thought"] for x in rows) / len(rows), 4),
-        cut_at_max_tokens=cut,
+        cut_at_max_tokens=sum(1 for x in rows if x["thought"] and not x["closed"]),
         accuracy=round(sum(x["correct"] for x in graded) / len(graded), 4) if graded else None,
         graded=len(graded),
         max_tokens=max_tokens,
